@@ -11,6 +11,7 @@ import errno as _errno
 
 __all__ = [
     "AuthError",
+    "BadReferenceError",
     "DigestMismatchError",
     "FetchError",
     "LayerFormatError",
@@ -18,7 +19,6 @@ __all__ = [
     "MountError",
     "NotFoundError",
     "OcifsError",
-    "BadReferenceError",
     "UnsupportedError",
 ]
 

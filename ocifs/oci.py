@@ -38,21 +38,23 @@ MT_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 
 MANIFEST_TYPES = frozenset({MT_OCI_MANIFEST, MT_DOCKER_MANIFEST})
 INDEX_TYPES = frozenset({MT_OCI_INDEX, MT_DOCKER_LIST})
-ACCEPT_MANIFESTS = ", ".join(
-    [MT_OCI_MANIFEST, MT_OCI_INDEX, MT_DOCKER_MANIFEST, MT_DOCKER_LIST]
-)
+ACCEPT_MANIFESTS = ", ".join([MT_OCI_MANIFEST, MT_OCI_INDEX, MT_DOCKER_MANIFEST, MT_DOCKER_LIST])
 
 # Layer media types ocifs reads, by compression.
-LAYER_TAR = frozenset({
-    "application/vnd.oci.image.layer.v1.tar",
-    "application/vnd.docker.image.rootfs.diff.tar",
-})
-LAYER_GZIP = frozenset({
-    "application/vnd.oci.image.layer.v1.tar+gzip",
-    "application/vnd.docker.image.rootfs.diff.tar.gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-})
+LAYER_TAR = frozenset(
+    {
+        "application/vnd.oci.image.layer.v1.tar",
+        "application/vnd.docker.image.rootfs.diff.tar",
+    }
+)
+LAYER_GZIP = frozenset(
+    {
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+    }
+)
 LAYER_ZSTD = frozenset({"application/vnd.oci.image.layer.v1.tar+zstd"})
 
 _DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$|^sha512:[a-f0-9]{128}$")
@@ -248,9 +250,7 @@ def parse_index(raw: bytes, what: str) -> tuple[Descriptor, ...]:
     return tuple(Descriptor.from_json(m, f"{what} entry {i}") for i, m in enumerate(manifests))
 
 
-def select_platform(
-    entries: tuple[Descriptor, ...], want: Platform, what: str
-) -> Descriptor:
+def select_platform(entries: tuple[Descriptor, ...], want: Platform, what: str) -> Descriptor:
     """Pick the manifest for ``want`` from an image index (image-index.md "platform").
 
     A missing variant on either side matches; attestation entries (``unknown/unknown``)
@@ -265,9 +265,7 @@ def select_platform(
         and d.media_type in MANIFEST_TYPES | INDEX_TYPES
     ]
     exact = [d for d in candidates if d.platform and d.platform.variant == want.variant]
-    loose = [
-        d for d in candidates if d.platform and (not d.platform.variant or not want.variant)
-    ]
+    loose = [d for d in candidates if d.platform and (not d.platform.variant or not want.variant)]
     for group in (exact, loose):
         if group:
             return group[0]

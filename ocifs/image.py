@@ -1,0 +1,109 @@
+"""From a source to a ready image: resolve the reference to a manifest (through an
+image index to one platform), fetch and verify the config, open every layer's
+index (concurrently), and merge them into one tree.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import trio
+
+from ocifs.cache import ChunkCache
+from ocifs.errors import ManifestError
+from ocifs.layers.index import Layer, open_layer
+from ocifs.oci import (
+    INDEX_TYPES,
+    ImageConfig,
+    Manifest,
+    Platform,
+    host_platform,
+    media_type_of,
+    parse_config,
+    parse_index,
+    parse_manifest,
+    select_platform,
+)
+from ocifs.sources.base import ImageSource
+from ocifs.tree import Tree, build_tree
+
+__all__ = ["Image", "open_image", "resolve"]
+
+log = logging.getLogger(__name__)
+
+MAX_INDEX_DEPTH = 4
+LAYER_OPEN_CONCURRENCY = 4
+
+
+@dataclass(slots=True)
+class Image:
+    """A resolved image: manifest, config, opened layers (bottom first) and merged tree."""
+
+    source: ImageSource
+    manifest: Manifest
+    config: ImageConfig
+    layers: list[Layer]
+    tree: Tree
+
+
+async def resolve(
+    source: ImageSource, platform: Platform | None = None
+) -> tuple[Manifest, ImageConfig]:
+    """Resolve the source's reference to one image manifest and its config.
+
+    An image index is followed to the manifest for ``platform`` (default: this
+    host's), per image-spec image-index.md. Every manifest and the config are
+    verified against their digests. Raises :class:`ManifestError`,
+    :class:`ocifs.errors.NotFoundError`, :class:`ocifs.errors.DigestMismatchError`.
+    """
+    what = source.describe()
+    want = platform or host_platform()
+    raw = await source.get_manifest(source.default_reference())
+    for _ in range(MAX_INDEX_DEPTH):
+        mt = media_type_of(raw.data, raw.media_type, what)
+        if mt not in INDEX_TYPES:
+            break
+        chosen = select_platform(parse_index(raw.data, what), want, what)
+        raw = await source.get_manifest(chosen.digest)
+    else:
+        raise ManifestError(f"{what}: image indexes nested deeper than {MAX_INDEX_DEPTH}")
+    manifest = parse_manifest(raw.data, raw.digest, what)
+    config_raw = await source.get_blob(manifest.config)
+    config = parse_config(config_raw, manifest.config.digest, f"{what} config")
+    if len(config.diff_ids) != len(manifest.layers):
+        raise ManifestError(
+            f"{what}: config lists {len(config.diff_ids)} diffIDs for {len(manifest.layers)} layers"
+        )
+    return manifest, config
+
+
+async def open_image(
+    source: ImageSource,
+    cache: ChunkCache,
+    limiter: trio.CapacityLimiter,
+    platform: Platform | None = None,
+) -> Image:
+    """Resolve the image, open each layer's index (building missing ones), merge the tree."""
+    manifest, config = await resolve(source, platform)
+    what = source.describe()
+    layers: list[Layer | None] = [None] * len(manifest.layers)
+    gate = trio.Semaphore(LAYER_OPEN_CONCURRENCY)
+
+    async def one(i: int) -> None:
+        async with gate:
+            layers[i] = await open_layer(
+                source,
+                manifest.layers[i],
+                config.diff_ids[i],
+                cache,
+                limiter,
+                f"{what} layer {i} ({manifest.layers[i].digest})",
+            )
+
+    async with trio.open_nursery() as nursery:
+        for i in range(len(manifest.layers)):
+            nursery.start_soon(one, i)
+    opened = [layer for layer in layers if layer is not None]
+    tree = await trio.to_thread.run_sync(build_tree, [layer.entries for layer in opened])
+    return Image(source, manifest, config, opened, tree)

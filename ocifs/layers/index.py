@@ -1,0 +1,260 @@
+"""Layer indexes: what a layer holds and how to find an entry's bytes, built once
+per blob digest and kept in the cache so that any image sharing the layer mounts
+at once.
+
+Building streams the blob once (DESIGN.md "One forward stream per layer"): the
+compressed bytes are hashed whole (blob digest) and per chunk (for verified range
+reads later) while they go to a scratch file; then, in worker threads, the tar
+listing (with the uncompressed stream hashed for the diffID) and, for gzip, the
+seek index are built from that file, which is then removed.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import gzip
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from ocifs.cache import ChunkCache
+from ocifs.errors import DigestMismatchError, LayerFormatError, UnsupportedError
+from ocifs.layers.blob import BlobReader, ChunkHasher, ChunkMap
+from ocifs.layers.entry import EntryType, LayerEntry
+from ocifs.layers.gzip import GzipLayerReader, build_gzip_index
+from ocifs.layers.tar import HashingReader, list_tar
+from ocifs.oci import LAYER_GZIP, LAYER_TAR, LAYER_ZSTD, Descriptor
+from ocifs.sources.base import ImageSource
+
+__all__ = ["Layer", "LayerIndex", "open_layer"]
+
+log = logging.getLogger(__name__)
+
+INDEX_VERSION = 1
+KIND_TAR = "tar"
+KIND_GZIP = "gzip"
+
+
+@dataclass(slots=True)
+class LayerIndex:
+    """What the cache keeps per layer blob: its kind, entries, chunk digests, and for
+    gzip the seek index with its checkpoints (uncompressed, compressed offsets)."""
+
+    digest: str
+    kind: str
+    entries: list[LayerEntry]
+    chunks: ChunkMap
+    gzip_index: bytes = b""
+    points: Sequence[tuple[int, int]] = ()
+
+    def to_bytes(self) -> bytes:
+        doc: dict[str, Any] = {
+            "version": INDEX_VERSION,
+            "digest": self.digest,
+            "kind": self.kind,
+            "blob_size": self.chunks.blob_size,
+            "chunk_size": self.chunks.chunk_size,
+            "chunk_digests": base64.b64encode(b"".join(self.chunks.digests)).decode(),
+            "points": [list(p) for p in self.points],
+            "entries": [_entry_to_json(e) for e in self.entries],
+        }
+        return gzip.compress(json.dumps(doc, separators=(",", ":")).encode(), 6)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, digest: str, gzip_index: bytes) -> LayerIndex:
+        doc = json.loads(gzip.decompress(data))
+        if doc.get("version") != INDEX_VERSION or doc.get("digest") != digest:
+            raise ValueError("index version or digest mismatch")
+        raw = base64.b64decode(doc["chunk_digests"])
+        digests = [raw[i : i + 32] for i in range(0, len(raw), 32)]
+        chunks = ChunkMap(int(doc["blob_size"]), int(doc["chunk_size"]), digests)
+        entries = [_entry_from_json(e) for e in doc["entries"]]
+        points = [(int(u), int(c)) for u, c in doc["points"]]
+        return cls(digest, doc["kind"], entries, chunks, gzip_index, points)
+
+
+def _entry_to_json(e: LayerEntry) -> list[Any]:
+    xattrs = {k: base64.b64encode(v).decode() for k, v in e.xattrs.items()}
+    return [
+        e.path, e.type.value, e.mode, e.uid, e.gid, e.mtime_ns, e.size, e.linkname,
+        e.devmajor, e.devminor, xattrs, e.data_offset,
+    ]  # fmt: skip
+
+
+def _entry_from_json(v: list[Any]) -> LayerEntry:
+    return LayerEntry(
+        path=v[0], type=EntryType(v[1]), mode=v[2], uid=v[3], gid=v[4], mtime_ns=v[5],
+        size=v[6], linkname=v[7], devmajor=v[8], devminor=v[9],
+        xattrs={k: base64.b64decode(x) for k, x in v[10].items()}, data_offset=v[11],
+    )  # fmt: skip
+
+
+class Layer:
+    """A layer ready to serve reads: its index plus a reader of uncompressed bytes."""
+
+    def __init__(
+        self,
+        desc: Descriptor,
+        index: LayerIndex,
+        blob: BlobReader,
+        gzip_reader: GzipLayerReader | None,
+    ) -> None:
+        self.desc = desc
+        self.index = index
+        self.blob = blob
+        self._gzip = gzip_reader
+
+    @property
+    def entries(self) -> list[LayerEntry]:
+        return self.index.entries
+
+    async def read(self, offset: int, size: int) -> bytes:
+        """``size`` bytes at ``offset`` of the layer's *uncompressed* tar stream, verified."""
+        if self._gzip is not None:
+            return await self._gzip.read(offset, size)
+        return await self.blob.read(offset, size)
+
+
+def layer_kind(desc: Descriptor, what: str) -> str:
+    """``tar`` or ``gzip`` for the layer's media type; raises :class:`UnsupportedError`
+    naming the digest and media type for anything ocifs cannot read yet."""
+    mt = desc.media_type
+    if "encrypted" in mt:
+        raise UnsupportedError(f"{what}: encrypted layer {desc.digest} ({mt}) is not supported")
+    if desc.urls:
+        raise UnsupportedError(f"{what}: foreign layer {desc.digest} with urls is not supported")
+    if mt in LAYER_GZIP:
+        return KIND_GZIP
+    if mt in LAYER_TAR:
+        return KIND_TAR
+    if mt in LAYER_ZSTD:
+        raise UnsupportedError(f"{what}: zstd layer {desc.digest} ({mt}) is not supported yet")
+    raise UnsupportedError(f"{what}: layer {desc.digest} has unknown media type {mt!r}")
+
+
+async def open_layer(
+    source: ImageSource,
+    desc: Descriptor,
+    diff_id: str,
+    cache: ChunkCache,
+    limiter: trio.CapacityLimiter,
+    what: str,
+) -> Layer:
+    """Load the layer's index from the cache, or build and store it.
+
+    Raises :class:`DigestMismatchError` when the blob or its uncompressed stream do
+    not match ``desc.digest`` / ``diff_id``, :class:`LayerFormatError` for a blob that
+    is not a valid (gzip'd) tar, :class:`UnsupportedError` for other media types.
+    """
+    kind = layer_kind(desc, what)
+    index = await trio.to_thread.run_sync(_load_cached, cache, desc.digest, limiter=limiter)
+    if index is None or index.kind != kind:
+        index = await _build(source, desc, diff_id, kind, cache, limiter, what)
+    blob = BlobReader(source, desc, index.chunks, cache, limiter)
+    reader = None
+    if kind == KIND_GZIP:
+        reader = GzipLayerReader(blob, index.gzip_index, index.points, limiter)
+    return Layer(desc, index, blob, reader)
+
+
+def _load_cached(cache: ChunkCache, digest: str) -> LayerIndex | None:
+    data = cache.get_index(digest, "json.gz")
+    if data is None:
+        return None
+    gz = cache.get_index(digest, "gzidx") or b""
+    try:
+        return LayerIndex.from_bytes(data, digest, gz)
+    except (ValueError, KeyError, TypeError, IndexError, OSError, EOFError) as exc:
+        log.warning("cache: ignoring unreadable index of %s (%s)", digest, exc)
+        return None
+
+
+async def _build(
+    source: ImageSource,
+    desc: Descriptor,
+    diff_id: str,
+    kind: str,
+    cache: ChunkCache,
+    limiter: trio.CapacityLimiter,
+    what: str,
+) -> LayerIndex:
+    fd, tmp = tempfile.mkstemp(dir=cache.scratch_dir(), prefix="blob-")
+    try:
+        chunks = await _download(source, desc, fd, what)
+        fd = -1
+
+        entries: list[LayerEntry] = []
+        gz: tuple[bytes, list[tuple[int, int]]] = (b"", [])
+
+        def listing() -> None:
+            entries.extend(_list_file(tmp, kind, diff_id, what))
+
+        def seek_index() -> None:
+            nonlocal gz
+            gz = build_gzip_index(tmp, what)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, listing)
+            if kind == KIND_GZIP:
+                nursery.start_soon(trio.to_thread.run_sync, seek_index)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    index = LayerIndex(desc.digest, kind, entries, chunks, gz[0], gz[1])
+
+    def store() -> None:
+        if kind == KIND_GZIP:
+            cache.put_index(desc.digest, "gzidx", index.gzip_index)
+        cache.put_index(desc.digest, "json.gz", index.to_bytes())
+
+    await trio.to_thread.run_sync(store, limiter=limiter)
+    log.info("%s: indexed %s (%d entries, %d bytes)", what, desc.digest, len(entries), desc.size)
+    return index
+
+
+async def _download(source: ImageSource, desc: Descriptor, fd: int, what: str) -> ChunkMap:
+    """Stream the blob into ``fd`` (closed on return), hashing it whole and per chunk."""
+    hasher = ChunkHasher()
+    whole = hashlib.new(desc.digest.partition(":")[0])
+    async with trio.wrap_file(os.fdopen(fd, "wb")) as out:
+        async for piece in source.stream_blob(desc):
+            hasher.update(piece)
+            whole.update(piece)
+            await out.write(piece)
+            if hasher.size > desc.size:
+                break
+    got = f"{desc.digest.partition(':')[0]}:{whole.hexdigest()}"
+    if hasher.size != desc.size or got != desc.digest:
+        raise DigestMismatchError(
+            f"{what}: blob {desc.digest} does not match its descriptor "
+            f"(got {hasher.size} bytes, digest {got})"
+        )
+    return hasher.finish()
+
+
+def _list_file(path: str, kind: str, diff_id: str, what: str) -> list[LayerEntry]:
+    with open(path, "rb") as raw:
+        stream = gzip.GzipFile(fileobj=raw, mode="rb") if kind == KIND_GZIP else raw
+        reader = HashingReader(stream)  # type: ignore[arg-type]
+        try:
+            entries = list_tar(reader, what)  # type: ignore[arg-type]
+            reader.drain()
+        except (OSError, EOFError, zlib.error) as exc:
+            raise LayerFormatError(f"{what}: not a valid gzip stream: {exc}") from None
+    if diff_id and reader.digest() != diff_id:
+        raise DigestMismatchError(
+            f"{what}: uncompressed layer digest {reader.digest()} does not match "
+            f"the config's diffID {diff_id}"
+        )
+    return entries

@@ -1,0 +1,111 @@
+"""The mount daemon's lifecycle: open the image, mount it with pyfuse3, serve until
+unmounted or signalled (SIGTERM/SIGINT/SIGHUP unmount cleanly), close everything.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from ocifs.cache import ChunkCache
+from ocifs.errors import MountError
+from ocifs.fs import ImageFS
+from ocifs.image import open_image
+from ocifs.oci import Platform
+from ocifs.sources.base import ImageSource
+
+__all__ = ["MountOptions", "check_mountpoint", "run_mount", "unmount"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class MountOptions:
+    """What ``ocifs mount`` was asked for."""
+
+    mountpoint: Path
+    cache_dir: Path
+    platform: Platform | None = None
+
+
+def check_mountpoint(path: Path) -> None:
+    """Refuse a mount point that is missing, not a directory, or not empty.
+
+    A stale ocifs mount left by a killed daemon (``ENOTCONN``) is unmounted first.
+    Raises :class:`MountError`.
+    """
+    try:
+        st = path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            log.warning("%s: cleaning up a stale mount", path)
+            unmount(path, lazy=True)
+            st = path.stat()
+        else:
+            raise MountError(f"mount point {path}: {exc.strerror}") from None
+    if not os.path.isdir(path) or not (st.st_mode & 0o040000):
+        raise MountError(f"mount point {path} is not a directory")
+    if os.path.ismount(path):
+        raise MountError(f"mount point {path} is already a mount point")
+    if any(path.iterdir()):
+        raise MountError(f"mount point {path} is not empty")
+
+
+def unmount(path: Path, lazy: bool = False) -> None:
+    """Unmount a FUSE mount with ``fusermount3 -u``; raises :class:`MountError`."""
+    cmd = ["fusermount3", "-u", *(["-z"] if lazy else []), str(path)]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise MountError("fusermount3 not found: install the fuse3 package") from None
+    if result.returncode != 0:
+        reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"
+        raise MountError(f"cannot unmount {path}: {reason}")
+
+
+async def run_mount(source: ImageSource, opts: MountOptions, ready: Callable[[str], None]) -> None:
+    """Open the image, mount it at ``opts.mountpoint`` and serve until unmounted.
+
+    ``ready`` is called with the mount's fsname once the tree is mounted. Errors
+    before that propagate (nothing is left mounted).
+    """
+    cache = ChunkCache(opts.cache_dir)
+    limiter = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
+    try:
+        image = await open_image(source, cache, limiter, opts.platform)
+        fsname = f"ocifs:{source.describe()}@{image.manifest.digest}"
+        options = set(pyfuse3.default_options)
+        options |= {f"fsname={fsname}", "subtype=ocifs", "ro"}
+        try:
+            pyfuse3.init(ImageFS(image), str(opts.mountpoint), options)
+        except RuntimeError as exc:
+            raise MountError(f"cannot mount {opts.mountpoint}: {exc}") from None
+        try:
+            log.info("mounted %s at %s", fsname, opts.mountpoint)
+            ready(fsname)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+                await pyfuse3.main()
+                nursery.cancel_scope.cancel()
+        finally:
+            pyfuse3.close(unmount=True)
+            log.info("unmounted %s", opts.mountpoint)
+    finally:
+        await source.aclose()
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("received %s, unmounting", signal.Signals(signum).name)
+            scope.cancel()
+            return
