@@ -22,7 +22,7 @@ import tempfile
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import trio
 
@@ -189,8 +189,7 @@ async def _build(
 ) -> LayerIndex:
     fd, tmp = tempfile.mkstemp(dir=cache.scratch_dir(), prefix="blob-")
     try:
-        chunks = await _download(source, desc, fd, what)
-        fd = -1
+        chunks = await _download(source, desc, os.fdopen(fd, "wb"), what)
 
         entries: list[LayerEntry] = []
         gz: tuple[bytes, list[tuple[int, int]]] = (b"", [])
@@ -207,8 +206,6 @@ async def _build(
             if kind == KIND_GZIP:
                 nursery.start_soon(trio.to_thread.run_sync, seek_index)
     finally:
-        if fd >= 0:
-            os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     index = LayerIndex(desc.digest, kind, entries, chunks, gz[0], gz[1])
@@ -223,11 +220,13 @@ async def _build(
     return index
 
 
-async def _download(source: ImageSource, desc: Descriptor, fd: int, what: str) -> ChunkMap:
-    """Stream the blob into ``fd`` (closed on return), hashing it whole and per chunk."""
+async def _download(
+    source: ImageSource, desc: Descriptor, fh: BinaryIO, what: str
+) -> ChunkMap:
+    """Stream the blob into ``fh`` (closed on return), hashing it whole and per chunk."""
     hasher = ChunkHasher()
     whole = hashlib.new(desc.digest.partition(":")[0])
-    async with trio.wrap_file(os.fdopen(fd, "wb")) as out:
+    async with trio.wrap_file(fh) as out:
         async for piece in source.stream_blob(desc):
             hasher.update(piece)
             whole.update(piece)

@@ -61,10 +61,14 @@ def _entry(info: tarfile.TarInfo, what: str) -> LayerEntry:
         raise LayerFormatError(
             f"{what}: entry {info.name!r} has unsupported tar type {info.type!r}"
         )
-    path = normalize_path(info.name)
-    linkname = info.linkname
+    try:
+        path = normalize_path(info.name)
+        linkname = info.linkname
+        if etype is EntryType.HARDLINK:
+            linkname = normalize_path(linkname)
+    except LayerFormatError as exc:
+        raise LayerFormatError(f"{what}: {exc}") from None
     if etype is EntryType.HARDLINK:
-        linkname = normalize_path(linkname)
         if not linkname:
             raise LayerFormatError(f"{what}: hardlink {info.name!r} names the root")
     # An empty PAX value deletes the keyword (POSIX pax "extended header"), so an

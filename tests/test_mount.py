@@ -1,0 +1,89 @@
+"""End to end: the real CLI mounts images from the real registry through FUSE, and
+the mounted tree equals what ``skopeo copy`` + ``umoci raw unpack`` give."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from image_catalog import SAMPLE_WORD
+from image_fixtures import BuiltImage
+from mounting import is_mounted, mounted, ocifs
+from treecompare import assert_same_tree, snapshot
+
+
+def test_torture_image_equals_umoci(torture_image: BuiltImage, tmp_path: Path) -> None:
+    with mounted(torture_image.ref, tmp_path / "mnt", tmp_path / "cache") as mnt:
+        assert_same_tree(torture_image.oracle, snapshot(mnt))
+
+
+def test_second_mount_uses_cached_indexes(torture_image: BuiltImage, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    with mounted(torture_image.ref, tmp_path / "a", cache):
+        pass
+    assert (cache / "indexes").is_dir()
+    assert oct(cache.stat().st_mode & 0o777) == oct(0o700)
+    # Mounted by digest this time, from the same cache: the same tree.
+    with mounted(torture_image.ref_by_digest, tmp_path / "b", cache) as mnt:
+        assert_same_tree(torture_image.oracle, snapshot(mnt))
+
+
+def test_sample_image_docker_media_types(docker_sample_image: BuiltImage, tmp_path: Path) -> None:
+    with mounted(docker_sample_image.ref, tmp_path / "mnt", tmp_path / "cache") as mnt:
+        assert_same_tree(docker_sample_image.oracle, snapshot(mnt))
+        grep = subprocess.run(["grep", "-rl", SAMPLE_WORD, str(mnt)], capture_output=True)
+        assert grep.returncode == 0 and grep.stdout
+
+
+@pytest.mark.parametrize("platform", ["linux/amd64", "linux/arm64/v8"])
+def test_multiarch_platform(multiarch_image: BuiltImage, tmp_path: Path, platform: str) -> None:
+    args = ("--platform", platform)
+    with mounted(multiarch_image.ref, tmp_path / "mnt", tmp_path / "cache", *args) as mnt:
+        assert_same_tree(multiarch_image.oracle_for(platform), snapshot(mnt))
+
+
+def test_umount_command(sample_image: BuiltImage, tmp_path: Path) -> None:
+    with mounted(sample_image.ref, tmp_path / "mnt", tmp_path / "cache") as mnt:
+        result = ocifs("umount", str(mnt))
+        assert result.returncode == 0, result.stderr
+        assert not is_mounted(mnt)
+
+
+def test_sigterm_unmounts(sample_image: BuiltImage, tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ocifs", "mount", "-f", sample_image.ref, str(mnt),
+         "--cache-dir", str(tmp_path / "cache")],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        for _ in range(300):
+            if is_mounted(mnt):
+                break
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            subprocess.run(["sleep", "0.1"], check=True)
+        assert is_mounted(mnt)
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+        assert not is_mounted(mnt)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if is_mounted(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+
+
+def test_read_only(sample_image: BuiltImage, tmp_path: Path) -> None:
+    with mounted(sample_image.ref, tmp_path / "mnt", tmp_path / "cache") as mnt:
+        target = next(p for p in mnt.rglob("*") if p.is_file() and not p.is_symlink())
+        with pytest.raises(OSError) as info:
+            target.open("ab")
+        assert info.value.errno in (errno.EROFS, errno.EACCES)
+        with pytest.raises(OSError):
+            (mnt / "new-file").write_bytes(b"x")
+        assert os.statvfs(mnt).f_files > 0
