@@ -162,7 +162,7 @@ def _decode_entry(entry: Any, where: str) -> Credentials | None:
     return None
 
 
-def _run_helper(helper: str, server: str) -> Credentials | None:
+def _run_helper(helper: str, server: str, env: Mapping[str, str] | None) -> Credentials | None:
     """Ask ``docker-credential-<helper> get`` (the docker-credential-helpers protocol)."""
     program = f"docker-credential-{helper}"
     try:
@@ -172,6 +172,7 @@ def _run_helper(helper: str, server: str) -> Credentials | None:
             capture_output=True,
             timeout=HELPER_TIMEOUT_S,
             check=False,
+            env=None if env is None else dict(env),
         )
     except FileNotFoundError:
         raise AuthError(f"credential helper {program} not found on PATH") from None
@@ -201,7 +202,11 @@ def _helper_server_name(registry: str) -> str:
 
 
 def _from_file(
-    obj: dict[str, Any], path: Path, registry: str, repository: str | None
+    obj: dict[str, Any],
+    path: Path,
+    registry: str,
+    repository: str | None,
+    env: Mapping[str, str] | None,
 ) -> Credentials | None:
     keys = _lookup_keys(registry, repository)
     helpers = obj.get("credHelpers")
@@ -209,7 +214,7 @@ def _from_file(
         norm_helpers = {_normalize_key(k): v for k, v in helpers.items() if isinstance(k, str)}
         helper = norm_helpers.get(keys[-1])
         if isinstance(helper, str) and helper:
-            return _run_helper(helper, _helper_server_name(registry))
+            return _run_helper(helper, _helper_server_name(registry), env)
     auths = obj.get("auths")
     if isinstance(auths, dict):
         by_key: dict[str, Any] = {}
@@ -222,7 +227,7 @@ def _from_file(
                 return found
     store = obj.get("credsStore")
     if isinstance(store, str) and store:
-        return _run_helper(store, _helper_server_name(registry))
+        return _run_helper(store, _helper_server_name(registry), env)
     return None
 
 
@@ -237,7 +242,8 @@ def find_credentials(
     """Credentials for ``registry`` (``host[:port]``, ``docker.io`` for Docker Hub).
 
     Explicit ``creds`` win; then the files of :func:`auth_file_candidates` in order,
-    the first with an entry deciding. Returns ``None`` when nothing matches. Blocking
+    the first with an entry deciding; ``env`` replaces ``os.environ`` for paths and
+    helpers. Returns ``None`` when nothing matches. Blocking
     (reads files, may run a credential helper): call it from a thread. Raises
     :class:`AuthError` for an unreadable or malformed file or a failing helper.
     """
@@ -249,7 +255,7 @@ def find_credentials(
             if authfile is not None:
                 raise AuthError(f"auth file {path} does not exist")
             continue
-        found = _from_file(obj, path, registry, repository)
+        found = _from_file(obj, path, registry, repository, env)
         if found is not None:
             log.debug("credentials for %s from %s", registry, found.source)
             return found
@@ -375,13 +381,16 @@ class TokenGrant:
 
     token: str = field(repr=False)
     expires_at: float
+    lifetime_s: float = DEFAULT_TOKEN_LIFETIME_S
 
     def __repr__(self) -> str:
         return f"TokenGrant(token=<hidden>, expires_at={self.expires_at:.1f})"
 
     def expired(self, margin_s: float = 5.0) -> bool:
-        """True when the token expires within ``margin_s`` seconds."""
-        return time.monotonic() + margin_s >= self.expires_at
+        """True when the token expires within ``margin_s`` seconds (at most a tenth
+        of its lifetime, so that a short-lived token is still used once)."""
+        margin = min(margin_s, self.lifetime_s / 10)
+        return time.monotonic() + margin >= self.expires_at
 
 
 def parse_token_response(body: bytes, what: str) -> TokenGrant:
@@ -403,4 +412,4 @@ def parse_token_response(body: bytes, what: str) -> TokenGrant:
     lifetime = DEFAULT_TOKEN_LIFETIME_S
     if isinstance(expires_in, int | float) and not isinstance(expires_in, bool) and expires_in > 0:
         lifetime = float(expires_in)
-    return TokenGrant(token, time.monotonic() + lifetime)
+    return TokenGrant(token, time.monotonic() + lifetime, lifetime)

@@ -12,6 +12,7 @@ import trio
 
 from ocifs.cache import ChunkCache
 from ocifs.errors import ManifestError
+from ocifs.layers.gzip import SpanCache
 from ocifs.layers.index import Layer, open_layer
 from ocifs.oci import (
     INDEX_TYPES,
@@ -89,6 +90,7 @@ async def open_image(
     what = source.describe()
     layers: list[Layer | None] = [None] * len(manifest.layers)
     gate = trio.Semaphore(LAYER_OPEN_CONCURRENCY)
+    spans = SpanCache()
 
     async def one(i: int) -> None:
         async with gate:
@@ -98,6 +100,7 @@ async def open_image(
                 config.diff_ids[i],
                 cache,
                 limiter,
+                spans,
                 f"{what} layer {i} ({manifest.layers[i].digest})",
             )
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ocifs.errors import BadReferenceError
 
-__all__ = ["DOCKER_HUB", "Reference", "parse_reference"]
+__all__ = ["DOCKER_HUB", "Reference", "is_loopback_host", "parse_reference"]
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API_HOST = "registry-1.docker.io"
@@ -81,13 +81,7 @@ class Reference:
     @property
     def is_loopback(self) -> bool:
         """True for ``localhost``, ``127.0.0.0/8`` and ``::1``."""
-        host = self.host.lower()
-        if host == "localhost" or host.endswith(".localhost"):
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
+        return is_loopback_host(self.host)
 
     def scheme(self, insecure: bool = False) -> str:
         """``http`` for loopback registries or when ``insecure``, else ``https``."""
@@ -105,6 +99,18 @@ class Reference:
         if ":" in reference:
             return Reference(self.registry, self.repository, None, _check_digest(reference))
         return Reference(self.registry, self.repository, _check_tag(reference), None)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` (and ``*.localhost``), ``127.0.0.0/8`` and ``::1``;
+    ``host`` has no port and no IPv6 brackets."""
+    host = host.lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _split_port(registry: str) -> tuple[str, str]:

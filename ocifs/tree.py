@@ -165,18 +165,27 @@ class _LayerMerge:
         # same-layer entries at each link target path, and the nodes made for them.
         self.targets: dict[str, list[int]] = {}
         self.made: dict[int, Node] = {}
+        self.lower_links: dict[int, Node] = {}
 
     def error(self, path: str, what: str) -> LayerFormatError:
         return LayerFormatError(f"layer {self.index}: entry {path!r}: {what}")
 
     def apply(self) -> None:
-        for entry in self.whiteouts:
-            self.whiteout(entry)
-        link_targets = {e.linkname for e in self.entries if e.type is _HARDLINK}
-        if link_targets:
+        links = [(pos, e) for pos, e in enumerate(self.entries) if e.type is _HARDLINK]
+        if links:
+            link_targets = {e.linkname for _, e in links}
             for pos, entry in enumerate(self.entries):
                 if entry.path in link_targets and entry.type is not _HARDLINK:
                     self.targets.setdefault(entry.path, []).append(pos)
+            # A link to a lower file binds to it as the lower layers left it, before
+            # this layer's whiteouts: those act on lower layers, not on this layer's links.
+            for pos, entry in links:
+                if entry.linkname not in self.targets:
+                    node = self.find(entry)
+                    if node is not None:
+                        self.lower_links[pos] = node
+        for entry in self.whiteouts:
+            self.whiteout(entry)
         for pos, entry in enumerate(self.entries):
             self.place(pos, entry)
 
@@ -237,10 +246,22 @@ class _LayerMerge:
             self.dirs.clear()
         children[name] = node
 
+    def find(self, entry: LayerEntry) -> Node | None:
+        """The node at a hardlink's target path, its parents resolved in the image root."""
+        parent_path, _, name = entry.linkname.rpartition("/")
+        if not name:
+            return self.root
+        try:
+            parent = _walk(self.root, parent_path, create=False)
+        except _ResolveError as exc:
+            raise self.error(entry.path, f"hardlink target {entry.linkname!r}: {exc}") from None
+        return None if parent is None or parent.children is None else parent.children.get(name)
+
     def link_target(self, pos: int, entry: LayerEntry) -> Node:
-        """The node a hardlink names: a same-layer entry at that path, else the tree."""
+        """The node a hardlink names: a same-layer entry at that path, else the file the
+        lower layers have there, else what this layer has made there so far."""
         target = entry.linkname
-        node: Node | None = None
+        node: Node | None
         positions = self.targets.get(target)
         if positions:
             i = bisect_left(positions, pos)
@@ -252,15 +273,7 @@ class _LayerMerge:
             if node is None:
                 node = self.made[tpos] = _node_from(self.entries[tpos], self.index)
         else:
-            parent_path, _, name = target.rpartition("/")
-            try:
-                parent = _walk(self.root, parent_path, create=False)
-            except _ResolveError as exc:
-                raise self.error(entry.path, f"hardlink target {target!r}: {exc}") from None
-            if not name:
-                node = self.root
-            elif parent is not None and parent.children is not None:
-                node = parent.children.get(name)
+            node = self.lower_links.get(pos) or self.find(entry)
         if node is None:
             raise self.error(entry.path, f"hardlink target {target!r} does not exist")
         if node.type is _DIR:

@@ -7,6 +7,7 @@ import errno
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -56,24 +57,27 @@ def test_umount_command(sample_image: BuiltImage, tmp_path: Path) -> None:
 def test_sigterm_unmounts(sample_image: BuiltImage, tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ocifs", "mount", "-f", sample_image.ref, str(mnt),
-         "--cache-dir", str(tmp_path / "cache")],
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    log = tmp_path / "stderr.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ocifs", "mount", "-f", sample_image.ref, str(mnt),
+             "--cache-dir", str(tmp_path / "cache")],
+            stderr=err,
+        )  # fmt: skip
     try:
         for _ in range(300):
             if is_mounted(mnt):
                 break
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            subprocess.run(["sleep", "0.1"], check=True)
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.1)
         assert is_mounted(mnt)
         proc.terminate()
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=30) == 0, log.read_text()
         assert not is_mounted(mnt)
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
         if is_mounted(mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
 

@@ -111,19 +111,13 @@ class BlobReader:
             return None
         return data
 
-    def read_sync(self, offset: int, size: int) -> bytes:
-        """Like :meth:`read`, from a worker thread started by trio: cached chunks are
-        read directly, a miss goes back to the trio loop to be fetched."""
-        first, last = self._chunk_range(offset, size)
-        parts: list[bytes] = []
-        for index in range(first, last + 1):
-            data = self.cached_chunk(index)
-            if data is None:
-                rest = trio.from_thread.run(self._read_chunks, index, last)
-                parts.extend(rest)
-                break
-            parts.append(data)
-        return self._slice(parts, first, offset, size)
+    def chunk_sync(self, index: int) -> bytes:
+        """Chunk ``index``, verified, from a worker thread started by trio: read from
+        the cache directly, or on a miss fetched by the trio loop (single-flight)."""
+        data = self.cached_chunk(index)
+        if data is None:
+            data = trio.from_thread.run(self._read_chunks, index, index)[0]
+        return data
 
     # -- async side (the trio loop) ------------------------------------------
 

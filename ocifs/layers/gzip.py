@@ -15,6 +15,7 @@ import bisect
 import io
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import trio
@@ -23,13 +24,16 @@ from indexed_gzip import indexed_gzip as _igz
 from ocifs.errors import LayerFormatError
 from ocifs.layers.blob import BlobReader
 
-__all__ = ["SPACING_BYTES", "GzipLayerReader", "build_gzip_index"]
+__all__ = ["SPACING_BYTES", "GzipLayerReader", "SpanCache", "build_gzip_index"]
 
 SPACING_BYTES = 1024 * 1024
 WINDOW_BYTES = 32 * 1024
 # zran reads its input in pieces this large: small, so a read past the span we
 # prefetched costs little.
 READBUF_BYTES = 64 * 1024
+# Decompressed spans kept per mount, and the longest span kept whole.
+SPAN_CACHE_BYTES = 64 * 1024 * 1024
+MAX_SPAN_BYTES = 8 * 1024 * 1024
 
 
 def build_gzip_index(path: str, what: str) -> tuple[bytes, list[tuple[int, int]]]:
@@ -66,6 +70,8 @@ class _BlobFile(io.RawIOBase):
         super().__init__()
         self._blob = blob
         self._pos = 0
+        self._chunk_index = -1
+        self._chunk = b""
         self.mode = "rb"
 
     def readable(self) -> bool:
@@ -88,18 +94,56 @@ class _BlobFile(io.RawIOBase):
     def read(self, size: int = -1) -> bytes:
         remaining = self._blob.chunks.blob_size - self._pos
         size = remaining if size < 0 else min(size, remaining)
-        if size <= 0:
-            return b""
-        data = self._blob.read_sync(self._pos, size)
-        self._pos += len(data)
+        parts = []
+        while size > 0:
+            # zran reads in pieces smaller than a chunk: keep the last chunk, so that
+            # each is read from the cache and verified once per decompression.
+            index, skip = divmod(self._pos, self._blob.chunks.chunk_size)
+            if index != self._chunk_index:
+                self._chunk = self._blob.chunk_sync(index)
+                self._chunk_index = index
+            piece = self._chunk[skip : skip + size]
+            parts.append(piece)
+            self._pos += len(piece)
+            size -= len(piece)
+        return b"".join(parts)
+
+
+class SpanCache:
+    """A bounded LRU of decompressed spans (the bytes between two checkpoints), shared
+    by the gzip layers of a mount, so that sequential and repeated reads inflate each
+    span once. Keyed by (blob digest, span number); ``max_bytes`` bounds the total.
+    Used from the trio loop only."""
+
+    def __init__(self, max_bytes: int = SPAN_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._spans: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: tuple[str, int]) -> bytes | None:
+        data = self._spans.get(key)
+        if data is not None:
+            self._spans.move_to_end(key)
         return data
+
+    def put(self, key: tuple[str, int], data: bytes) -> None:
+        if key in self._spans or len(data) > self.max_bytes:
+            return
+        self._spans[key] = data
+        self._bytes += len(data)
+        while self._bytes > self.max_bytes:
+            _, old = self._spans.popitem(last=False)
+            self._bytes -= len(old)
 
 
 class GzipLayerReader:
     """Reads uncompressed byte ranges of a gzip layer (see module docstring).
 
     ``points`` are the checkpoints (uncompressed, compressed offsets); ``index`` is the
-    exported indexed_gzip index. Handles are pooled, one per concurrent reader.
+    exported indexed_gzip index; ``uncompressed_size`` the tar stream's length in bytes.
+    A read inflates whole spans (checkpoint to checkpoint) into ``spans``; a span
+    longer than :data:`MAX_SPAN_BYTES` is read piecewise instead. Handles are pooled,
+    one per concurrent reader.
     """
 
     def __init__(
@@ -107,31 +151,75 @@ class GzipLayerReader:
         blob: BlobReader,
         index: bytes,
         points: Sequence[tuple[int, int]],
+        uncompressed_size: int,
+        spans: SpanCache,
         limiter: trio.CapacityLimiter,
     ) -> None:
         self.blob = blob
         self._index = index
         self._uoffs = [u for u, _ in points]
         self._coffs = [c for _, c in points]
+        self._usize = uncompressed_size
+        self._spans = spans
         self._limiter = limiter
         self._idle: list[_igz._IndexedGzipFile] = []
         self._lock = threading.Lock()
+        self._inflight: dict[int, trio.Event] = {}
 
-    def span(self, offset: int, size: int) -> tuple[int, int]:
-        """The compressed (offset, length) in bytes a read of ``size`` uncompressed bytes
-        at ``offset`` needs: from the checkpoint at or before ``offset`` (one byte
-        earlier, for a checkpoint's leftover bits) to the first one at or after the end."""
-        i = bisect.bisect_right(self._uoffs, offset) - 1
-        start = max(0, self._coffs[i] - 1) if i >= 0 else 0
-        j = bisect.bisect_left(self._uoffs, offset + size)
-        end = self._coffs[j] + 1 if j < len(self._coffs) else self.blob.chunks.blob_size
-        return start, min(end, self.blob.chunks.blob_size) - start
+    def _span_bounds(self, k: int) -> tuple[int, int, int, int]:
+        """Span ``k``: uncompressed (start, end) and the compressed (start, end) it needs,
+        one byte before its checkpoint (leftover bits) to one past the next one."""
+        ustart = self._uoffs[k] if k >= 0 else 0
+        uend = self._uoffs[k + 1] if k + 1 < len(self._uoffs) else self._usize
+        cstart = max(0, self._coffs[k] - 1) if k >= 0 else 0
+        cend = self._coffs[k + 1] + 1 if k + 1 < len(self._coffs) else self.blob.chunks.blob_size
+        return ustart, uend, cstart, min(cend, self.blob.chunks.blob_size)
 
     async def read(self, offset: int, size: int) -> bytes:
-        """``size`` uncompressed bytes at uncompressed ``offset`` of the layer's tar stream."""
-        if size <= 0:
-            return b""
-        await self.blob.prefetch(*self.span(offset, size))
+        """``size`` uncompressed bytes at uncompressed ``offset`` of the layer's tar stream
+        (fewer at its end). Raises what :class:`BlobReader` raises."""
+        end = min(offset + size, self._usize)
+        parts: list[bytes] = []
+        pos = offset
+        while pos < end:
+            k = bisect.bisect_right(self._uoffs, pos) - 1
+            ustart, uend, cstart, cend = self._span_bounds(k)
+            if uend - ustart > MAX_SPAN_BYTES:
+                # A huge span (long runs compress ~1000:1): inflate just what is asked.
+                await self.blob.prefetch(cstart, cend - cstart)
+                take = min(end, uend) - pos
+                parts.append(await self._inflate(pos, take))
+                pos += take
+                continue
+            data = await self._span(k, ustart, uend, cstart, cend)
+            piece = data[pos - ustart : end - ustart]
+            if not piece:
+                break
+            parts.append(piece)
+            pos += len(piece)
+        return b"".join(parts)
+
+    async def _span(self, k: int, ustart: int, uend: int, cstart: int, cend: int) -> bytes:
+        key = (self.blob.desc.digest, k)
+        while True:
+            data = self._spans.get(key)
+            if data is not None:
+                return data
+            event = self._inflight.get(k)
+            if event is None:
+                break
+            await event.wait()
+        event = self._inflight[k] = trio.Event()
+        try:
+            await self.blob.prefetch(cstart, cend - cstart)
+            data = await self._inflate(ustart, uend - ustart)
+            self._spans.put(key, data)
+            return data
+        finally:
+            del self._inflight[k]
+            event.set()
+
+    async def _inflate(self, offset: int, size: int) -> bytes:
         return await trio.to_thread.run_sync(self._pread, offset, size, limiter=self._limiter)
 
     def _pread(self, offset: int, size: int) -> bytes:

@@ -30,7 +30,7 @@ from ocifs.cache import ChunkCache
 from ocifs.errors import DigestMismatchError, LayerFormatError, UnsupportedError
 from ocifs.layers.blob import BlobReader, ChunkHasher, ChunkMap
 from ocifs.layers.entry import EntryType, LayerEntry
-from ocifs.layers.gzip import GzipLayerReader, build_gzip_index
+from ocifs.layers.gzip import GzipLayerReader, SpanCache, build_gzip_index
 from ocifs.layers.tar import HashingReader, list_tar
 from ocifs.oci import LAYER_GZIP, LAYER_TAR, LAYER_ZSTD, Descriptor
 from ocifs.sources.base import ImageSource
@@ -39,7 +39,7 @@ __all__ = ["Layer", "LayerIndex", "open_layer"]
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 KIND_TAR = "tar"
 KIND_GZIP = "gzip"
 
@@ -53,6 +53,7 @@ class LayerIndex:
     kind: str
     entries: list[LayerEntry]
     chunks: ChunkMap
+    uncompressed_size: int = 0
     gzip_index: bytes = b""
     points: Sequence[tuple[int, int]] = ()
 
@@ -63,6 +64,7 @@ class LayerIndex:
             "kind": self.kind,
             "blob_size": self.chunks.blob_size,
             "chunk_size": self.chunks.chunk_size,
+            "uncompressed_size": self.uncompressed_size,
             "chunk_digests": base64.b64encode(b"".join(self.chunks.digests)).decode(),
             "points": [list(p) for p in self.points],
             "entries": [_entry_to_json(e) for e in self.entries],
@@ -79,7 +81,8 @@ class LayerIndex:
         chunks = ChunkMap(int(doc["blob_size"]), int(doc["chunk_size"]), digests)
         entries = [_entry_from_json(e) for e in doc["entries"]]
         points = [(int(u), int(c)) for u, c in doc["points"]]
-        return cls(digest, doc["kind"], entries, chunks, gzip_index, points)
+        usize = int(doc["uncompressed_size"])
+        return cls(digest, doc["kind"], entries, chunks, usize, gzip_index, points)
 
 
 def _entry_to_json(e: LayerEntry) -> list[Any]:
@@ -147,6 +150,7 @@ async def open_layer(
     diff_id: str,
     cache: ChunkCache,
     limiter: trio.CapacityLimiter,
+    spans: SpanCache,
     what: str,
 ) -> Layer:
     """Load the layer's index from the cache, or build and store it.
@@ -162,7 +166,9 @@ async def open_layer(
     blob = BlobReader(source, desc, index.chunks, cache, limiter)
     reader = None
     if kind == KIND_GZIP:
-        reader = GzipLayerReader(blob, index.gzip_index, index.points, limiter)
+        reader = GzipLayerReader(
+            blob, index.gzip_index, index.points, index.uncompressed_size, spans, limiter
+        )
     return Layer(desc, index, blob, reader)
 
 
@@ -192,10 +198,13 @@ async def _build(
         chunks = await _download(source, desc, os.fdopen(fd, "wb"), what)
 
         entries: list[LayerEntry] = []
+        usize = 0
         gz: tuple[bytes, list[tuple[int, int]]] = (b"", [])
 
         def listing() -> None:
-            entries.extend(_list_file(tmp, kind, diff_id, what))
+            nonlocal usize
+            found, usize = _list_file(tmp, kind, diff_id, what)
+            entries.extend(found)
 
         def seek_index() -> None:
             nonlocal gz
@@ -208,7 +217,7 @@ async def _build(
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    index = LayerIndex(desc.digest, kind, entries, chunks, gz[0], gz[1])
+    index = LayerIndex(desc.digest, kind, entries, chunks, usize, gz[0], gz[1])
 
     def store() -> None:
         if kind == KIND_GZIP:
@@ -220,9 +229,7 @@ async def _build(
     return index
 
 
-async def _download(
-    source: ImageSource, desc: Descriptor, fh: BinaryIO, what: str
-) -> ChunkMap:
+async def _download(source: ImageSource, desc: Descriptor, fh: BinaryIO, what: str) -> ChunkMap:
     """Stream the blob into ``fh`` (closed on return), hashing it whole and per chunk."""
     hasher = ChunkHasher()
     whole = hashlib.new(desc.digest.partition(":")[0])
@@ -242,7 +249,8 @@ async def _download(
     return hasher.finish()
 
 
-def _list_file(path: str, kind: str, diff_id: str, what: str) -> list[LayerEntry]:
+def _list_file(path: str, kind: str, diff_id: str, what: str) -> tuple[list[LayerEntry], int]:
+    """The entries of the layer file at ``path`` and the length of its tar stream."""
     with open(path, "rb") as raw:
         stream = gzip.GzipFile(fileobj=raw, mode="rb") if kind == KIND_GZIP else raw
         reader = HashingReader(stream)  # type: ignore[arg-type]
@@ -256,4 +264,4 @@ def _list_file(path: str, kind: str, diff_id: str, what: str) -> list[LayerEntry
             f"{what}: uncompressed layer digest {reader.digest()} does not match "
             f"the config's diffID {diff_id}"
         )
-    return entries
+    return entries, reader.count

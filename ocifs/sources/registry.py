@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from types import TracebackType
 
 import httpx
@@ -29,6 +29,7 @@ from ocifs.sources.registry_transport import (
     MAX_ATTEMPTS,
     RegistryTransport,
     TransientError,
+    body_chunks,
     read_body,
     transport_message,
 )
@@ -248,10 +249,11 @@ class RegistrySource:
             if total is not None and total != desc.size:
                 raise FetchError(f"{what}: blob is {total} bytes, the descriptor says {desc.size}")
         data = bytearray()
-        async for chunk in resp.aiter_bytes():
-            data += chunk
-            if len(data) > size:
-                raise FetchError(f"{what}: registry sent more than the {size} bytes asked")
+        async with body_chunks(resp) as chunks:
+            async for chunk in chunks:
+                data += chunk
+                if len(data) > size:
+                    raise FetchError(f"{what}: registry sent more than the {size} bytes asked")
         if len(data) < size:
             raise TransientError(f"{what}: short body ({len(data)} of {size} bytes)")
         return bytes(data)
@@ -262,72 +264,80 @@ class RegistrySource:
             log.warning("%s: registry ignores Range requests; reading from the blob's start", what)
         skip = offset
         data = bytearray()
-        async for chunk in resp.aiter_bytes():
-            if skip >= len(chunk):
-                skip -= len(chunk)
-                continue
-            data += chunk[skip : skip + size - len(data)]
-            skip = 0
-            if len(data) == size:
-                return bytes(data)  # the caller closes the response mid-body
+        async with body_chunks(resp) as chunks:
+            async for chunk in chunks:
+                if skip >= len(chunk):
+                    skip -= len(chunk)
+                    continue
+                data += chunk[skip : skip + size - len(data)]
+                skip = 0
+                if len(data) == size:
+                    return bytes(data)  # the caller closes the response mid-body
         raise TransientError(f"{what}: short body ({len(data)} of {size} bytes)")
 
-    async def stream_blob(self, desc: Descriptor) -> AsyncIterator[bytes]:
-        """Yield the whole blob in pieces. A connection lost mid-body resumes with
-        ``Range: bytes=N-`` (up to the retry bound). Not verified here. Raises
+    async def stream_blob(self, desc: Descriptor) -> AsyncGenerator[bytes, None]:
+        """Yield the whole blob in pieces (close it with ``contextlib.aclosing`` when
+        stopping early). A connection lost mid-body resumes with ``Range: bytes=N-``
+        (up to the retry bound). Not verified here. Raises
         :class:`ocifs.errors.NotFoundError`, :class:`ocifs.errors.FetchError`."""
         what, not_found = self._blob_what(desc)
         pos = 0
         failures = 0
         while pos < desc.size:
-            headers = dict(_BLOB_HEADERS)
-            if pos:
-                headers["Range"] = f"bytes={pos}-"
-            resp = await self._http.retrying(
-                functools.partial(
-                    self._http.open,
-                    "GET",
-                    self._blob_url(desc),
-                    what=what,
-                    not_found=not_found,
-                    headers=headers,
-                ),
-                what,
-            )
+            resp = await self._open_from(desc, pos, what, not_found)
             try:
-                skip = 0
-                if pos and resp.status_code == 206:
-                    crange = _content_range(resp)
-                    if crange is not None and crange[0] != pos:
-                        raise FetchError(f"{what}: resumed at {pos}, got range from {crange[0]}")
-                elif pos:
-                    skip = pos  # the server ignored Range: drop what we already have
-                try:
-                    async for chunk in resp.aiter_bytes():
-                        if skip:
-                            cut = min(skip, len(chunk))
-                            chunk, skip = chunk[cut:], skip - cut
-                            if not chunk:
-                                continue
-                        if pos + len(chunk) > desc.size:
+                skip = self._resume_skip(resp, pos, what)
+                async with body_chunks(resp) as chunks:
+                    async for chunk in chunks:
+                        piece, skip = chunk[skip:], max(0, skip - len(chunk))
+                        if not piece:
+                            continue
+                        if pos + len(piece) > desc.size:
                             raise FetchError(
                                 f"{what}: longer than the descriptor's {desc.size} bytes"
                             )
-                        pos += len(chunk)
-                        yield chunk
-                except httpx.TransportError as exc:
-                    failures += 1
-                    if failures >= MAX_ATTEMPTS:
-                        raise FetchError(
-                            f"{what}: connection lost at byte {pos} ({transport_message(exc)})"
-                        ) from None
-                    log.warning("%s: connection lost at byte %d; resuming", what, pos)
-                    await trio.sleep(BACKOFF_BASE_S * failures)
-                    continue
+                        pos += len(piece)
+                        yield piece
+                failure = "body ended early"
+            except httpx.TransportError as exc:
+                failure = transport_message(exc)
             finally:
                 await resp.aclose()
             if pos < desc.size:
                 failures += 1
                 if failures >= MAX_ATTEMPTS:
-                    raise FetchError(f"{what}: short body ({pos} of {desc.size} bytes)")
-                log.warning("%s: body ended at byte %d of %d; resuming", what, pos, desc.size)
+                    raise FetchError(f"{what}: {failure} at byte {pos} of {desc.size}")
+                log.warning("%s: %s at byte %d; resuming", what, failure, pos)
+                await trio.sleep(BACKOFF_BASE_S * 2**failures)
+
+    async def _open_from(
+        self, desc: Descriptor, pos: int, what: str, not_found: str
+    ) -> httpx.Response:
+        headers = dict(_BLOB_HEADERS)
+        if pos:
+            headers["Range"] = f"bytes={pos}-"
+        opener = functools.partial(
+            self._http.open,
+            "GET",
+            self._blob_url(desc),
+            what=what,
+            not_found=not_found,
+            headers=headers,
+        )
+        return await self._http.retrying(opener, what)
+
+    @staticmethod
+    def _resume_skip(resp: httpx.Response, pos: int, what: str) -> int:
+        """Bytes to drop from a resumed response: none for a 206 starting at ``pos``,
+        ``pos`` when the server ignored ``Range`` and sent the blob from its start."""
+        if not pos:
+            return 0
+        if resp.status_code != 206:
+            return pos
+        try:
+            crange = _content_range(resp)
+        except FetchError as exc:
+            raise FetchError(f"{what}: {exc}") from None
+        if crange is not None and crange[0] != pos:
+            raise FetchError(f"{what}: resumed at byte {pos}, got a range from {crange[0]}")
+        return 0

@@ -15,7 +15,8 @@ import json
 import logging
 import random
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import TypeVar
 
@@ -33,17 +34,24 @@ from ocifs.auth import (
     parse_www_authenticate,
 )
 from ocifs.errors import AuthError, FetchError, NotFoundError
-from ocifs.reference import Reference
+from ocifs.reference import Reference, is_loopback_host
 
 __all__ = [
     "RegistryTransport",
     "TransientError",
+    "body_chunks",
     "read_body",
     "safe_url",
     "transport_message",
 ]
 
 log = logging.getLogger(__name__)
+# httpx logs every URL at INFO and httpcore every response header at DEBUG: signed
+# redirect URLs and tokens would land in a daemon's log. Quiet them unless an
+# application configured them on purpose.
+for _name in ("httpx", "httpcore"):
+    if logging.getLogger(_name).level == logging.NOTSET:
+        logging.getLogger(_name).setLevel(logging.WARNING)
 
 T = TypeVar("T")
 
@@ -150,14 +158,33 @@ def _ssl_context(registry: str) -> ssl.SSLContext:
     return ctx
 
 
+@asynccontextmanager
+async def body_chunks(resp: httpx.Response) -> AsyncIterator[AsyncIterator[bytes]]:
+    """Iterate a streamed response body; leaving early closes the response.
+
+    httpx's body iterators are a chain of async generators that trio reports as
+    abandoned (a ResourceWarning, encode/httpx#3686) when iteration stops early:
+    after closing the response, one more step makes each of them raise and finish.
+    """
+    chunks = resp.aiter_bytes()
+    try:
+        yield chunks
+    finally:
+        with trio.CancelScope(shield=True):
+            await resp.aclose()
+            with suppress(StopAsyncIteration, httpx.HTTPError, httpx.StreamError):
+                await chunks.__anext__()
+
+
 async def read_body(resp: httpx.Response, limit: int, what: str) -> bytes:
     """Read a response body of at most ``limit`` bytes; raises :class:`FetchError`
     when it is longer (a registry must not make us buffer without bound)."""
     body = bytearray()
-    async for chunk in resp.aiter_bytes():
-        body += chunk
-        if len(body) > limit:
-            raise FetchError(f"{what}: longer than {limit} bytes")
+    async with body_chunks(resp) as chunks:
+        async for chunk in chunks:
+            body += chunk
+            if len(body) > limit:
+                raise FetchError(f"{what}: longer than {limit} bytes")
     return bytes(body)
 
 
@@ -238,7 +265,7 @@ class RegistryTransport:
     async def ping(self) -> None:
         """``GET /v2/`` and authenticate if challenged, so that bad credentials show
         up now. Raises :class:`AuthError`, :class:`FetchError`."""
-        what = f"registry {self.ref.registry}"
+        what = "registry API check (GET /v2/)"
 
         async def attempt() -> None:
             resp = await self.open(
@@ -306,10 +333,11 @@ class RegistryTransport:
             if status >= 300:
                 body = b""
                 try:
-                    async for chunk in resp.aiter_bytes():
-                        body += chunk
-                        if len(body) >= MAX_ERROR_BODY_BYTES:
-                            break
+                    async with body_chunks(resp) as chunks:
+                        async for chunk in chunks:
+                            body += chunk
+                            if len(body) >= MAX_ERROR_BODY_BYTES:
+                                break
                 finally:
                     await resp.aclose()
                 raise self._error(resp, body, what, not_found, ours)
@@ -324,16 +352,21 @@ class RegistryTransport:
         suffix = f" ({detail})" if detail else ""
         if status == 404:
             return NotFoundError(not_found)
-        if status in (401, 403):
-            hint = ""
-            if ours and self._creds_loaded:
-                creds = self._creds
-                hint = (
-                    f"; no credentials found for {self.ref.registry}"
-                    if creds is None
-                    else f"; user {creds.username!r} ({creds.source})"
+        if status == 401 and ours and self._creds_loaded:
+            creds = self._creds
+            if creds is None:
+                return AuthError(f"{what}: {host} requires a login; no credentials found for it")
+            if self._bearer is None:
+                return AuthError(
+                    f"{what}: {host} rejected the credentials of user "
+                    f"{creds.username!r} ({creds.source}) (HTTP 401)"
                 )
-            return AuthError(f"{what}: access denied by {host} (HTTP {status}){suffix}{hint}")
+            return AuthError(
+                f"{what}: access denied by {host} with a token for user "
+                f"{creds.username!r} ({creds.source}) (HTTP 401){suffix}"
+            )
+        if status in (401, 403):
+            return AuthError(f"{what}: access denied by {host} (HTTP {status}){suffix}")
         if status == 429 or status >= 500:
             return TransientError(
                 f"{what}: HTTP {status} from {host}{suffix}", _retry_after_s(resp)
@@ -400,8 +433,7 @@ class RegistryTransport:
                 )
 
     def _check_plain_http(self, url: httpx.URL, what: str) -> None:
-        loopback = Reference(url.host, "x", "latest", None).is_loopback
-        if url.scheme != "https" and not (self.insecure or loopback):
+        if url.scheme != "https" and not (self.insecure or is_loopback_host(url.host)):
             raise AuthError(f"{what}: refusing to send credentials over plain HTTP to {url.host}")
 
     async def _fetch_token(self, challenge: Challenge, what: str) -> None:
