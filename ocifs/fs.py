@@ -20,7 +20,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 
 from ocifs.errors import OcifsError
-from ocifs.image import Image
+from ocifs.image import Image, read_node
 from ocifs.layers.entry import EntryType
 from ocifs.tree import Node
 
@@ -167,12 +167,7 @@ class ImageFS(pyfuse3.Operations):
 
     @_errors_to_errno
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        node = self._node(fh)
-        size = min(size, node.size - off)
-        if size <= 0 or node.entry is None:
-            return b""
-        layer = self.image.layers[node.layer]
-        return await layer.read(node.entry.data_offset + off, size)
+        return await read_node(self.image, self._node(fh), off, size)
 
     async def release(self, fh: int) -> None:
         return None

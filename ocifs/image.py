@@ -6,7 +6,11 @@ index (concurrently), and merge them into one tree.
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 
@@ -26,10 +30,11 @@ from ocifs.oci import (
     parse_manifest,
     select_platform,
 )
+from ocifs.sources import SourceOptions, open_source
 from ocifs.sources.base import ImageSource
-from ocifs.tree import Tree, build_tree
+from ocifs.tree import Node, Tree, build_tree
 
-__all__ = ["Image", "open_image", "resolve"]
+__all__ = ["Image", "open_image", "opened_image", "read_node", "resolve"]
 
 log = logging.getLogger(__name__)
 
@@ -110,3 +115,30 @@ async def open_image(
     opened = [layer for layer in layers if layer is not None]
     tree = await trio.to_thread.run_sync(build_tree, [layer.entries for layer in opened])
     return Image(source, manifest, config, opened, tree)
+
+
+async def read_node(image: Image, node: Node, offset: int, size: int) -> bytes:
+    """Up to ``size`` bytes at ``offset`` of a regular file's content (fewer at its end).
+
+    Raises :class:`ocifs.errors.DigestMismatchError` / :class:`ocifs.errors.FetchError`
+    when the bytes cannot be fetched and verified.
+    """
+    size = min(size, node.size - offset)
+    if size <= 0 or node.entry is None:
+        return b""
+    return await image.layers[node.layer].read(node.entry.data_offset + offset, size)
+
+
+@asynccontextmanager
+async def opened_image(
+    ref: str, opts: SourceOptions, cache_dir: Path, platform: Platform | None = None
+) -> AsyncIterator[Image]:
+    """Open the image ``ref`` names (any source ocifs reads) with the cache at
+    ``cache_dir``; the source is closed on exit."""
+    source = open_source(ref, opts)
+    try:
+        cache = ChunkCache(cache_dir)
+        limiter = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
+        yield await open_image(source, cache, limiter, platform)
+    finally:
+        await source.aclose()

@@ -1,0 +1,101 @@
+"""What every ``ocifs`` command shares: source options, logging, error lines."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from ocifs.cache import default_cache_dir
+from ocifs.errors import OcifsError
+from ocifs.oci import Platform
+from ocifs.sources import SourceOptions
+
+__all__ = [
+    "add_image_options",
+    "describe_error",
+    "first_error",
+    "platform_of",
+    "setup_logging",
+    "source_options",
+    "state_dir",
+]
+
+
+def state_dir() -> Path:
+    """``$XDG_STATE_HOME/ocifs``, else ``~/.local/state/ocifs``."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return Path(base) / "ocifs"
+
+
+def first_error(exc: BaseException) -> BaseException:
+    """The first leaf of an exception group, preferring an OcifsError."""
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = [first_error(e) for e in exc.exceptions]
+        for leaf in leaves:
+            if isinstance(leaf, OcifsError):
+                return leaf
+        return leaves[0]
+    return exc
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for the user: an OcifsError's message, else the exception's type and text."""
+    exc = first_error(exc)
+    if isinstance(exc, OcifsError):
+        return str(exc)
+    return f"internal error: {type(exc).__name__}: {exc}"
+
+
+def setup_logging(verbose: int, log_file: Path | None = None) -> None:
+    """Log to stderr (or ``log_file``): warnings, ``-v`` info, ``-vv`` debug."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    handler: logging.Handler
+    if log_file is not None:
+        log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # httpx logs every request at INFO: keep that for -vv.
+    logging.getLogger("httpx").setLevel(logging.INFO if verbose >= 2 else logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def add_image_options(p: argparse.ArgumentParser) -> None:
+    """The options of every command that reads an image."""
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv)")
+    p.add_argument("--insecure", action="store_true", help="allow plain HTTP / no TLS check")
+    p.add_argument("--creds", metavar="USER:PASS", help="registry credentials")
+    p.add_argument("--authfile", metavar="FILE", help="auth file (containers-auth.json)")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform to pick")
+    p.add_argument("--cache-dir", default=str(default_cache_dir()), help="cache directory")
+    p.add_argument("--timeout", type=float, default=30.0, help="network timeout, seconds")
+
+
+def source_options(args: argparse.Namespace) -> SourceOptions:
+    """The :class:`SourceOptions` the parsed arguments ask for."""
+    creds = None
+    if args.creds is not None:
+        user, sep, password = args.creds.partition(":")
+        if not sep or not user:
+            raise OcifsError("--creds must be USER:PASSWORD")
+        creds = (user, password)
+    return SourceOptions(
+        insecure=args.insecure,
+        creds=creds,
+        authfile=args.authfile,
+        timeout_s=args.timeout,
+    )
+
+
+def platform_of(args: argparse.Namespace) -> Platform | None:
+    """The ``--platform`` asked for, or None for the host's."""
+    return Platform.parse(args.platform) if args.platform else None

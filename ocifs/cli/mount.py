@@ -1,0 +1,113 @@
+"""``ocifs mount`` and ``ocifs umount``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+import trio
+
+from ocifs.cli._common import (
+    add_image_options,
+    describe_error,
+    platform_of,
+    setup_logging,
+    source_options,
+    state_dir,
+)
+from ocifs.mount import MountOptions, check_mountpoint, run_mount, unmount
+from ocifs.sources import check_reference, open_source
+
+__all__ = ["register"]
+
+log = logging.getLogger("ocifs")
+
+
+def _cmd_mount(args: argparse.Namespace) -> int:
+    mountpoint = Path(args.dir).absolute()
+    platform = platform_of(args)
+    source_opts = source_options(args)
+    # Parse the reference now: a malformed one fails before anything else happens.
+    check_reference(args.ref)
+    check_mountpoint(mountpoint)
+    opts = MountOptions(mountpoint, Path(args.cache_dir), platform)
+
+    def serve(ready: object) -> None:
+        async def run() -> None:
+            source = open_source(args.ref, source_opts)
+            await run_mount(source, opts, ready)  # type: ignore[arg-type]
+
+        trio.run(run)
+
+    if args.foreground:
+        setup_logging(args.verbose)
+        serve(lambda fsname: print(f"mounted {fsname} at {mountpoint}", file=sys.stderr))
+        return 0
+    return _daemonize(args, mountpoint, serve)
+
+
+def _daemonize(args: argparse.Namespace, mountpoint: Path, serve: object) -> int:
+    """Fork a daemon that mounts; return once it says the tree is ready (or why not).
+
+    The credentials stay in memory across the fork: never on a command line.
+    """
+    log_file = Path(args.log_file) if args.log_file else state_dir() / "mount.log"
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid > 0:
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as pipe:
+            message = pipe.read().decode("utf-8", "replace").strip()
+        if message.startswith("ok"):
+            return 0
+        os.waitpid(pid, 0)
+        print(f"ocifs: {message or f'mount daemon failed; see {log_file}'}", file=sys.stderr)
+        return 1
+    # The daemon.
+    os.close(read_fd)
+    os.setsid()
+    status = 1
+    try:
+        setup_logging(max(args.verbose, 1), log_file)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+
+        def ready(fsname: str) -> None:
+            os.write(write_fd, f"ok {fsname}\n".encode())
+            os.close(write_fd)
+
+        serve(ready)  # type: ignore[operator]
+        status = 0
+    except BaseException as exc:  # the daemon must report every failure, then exit
+        log.error("%s", describe_error(exc))
+        with contextlib.suppress(OSError):
+            os.write(write_fd, (describe_error(exc) + "\n").encode())
+    finally:
+        logging.shutdown()
+        os._exit(status)
+
+
+def _cmd_umount(args: argparse.Namespace) -> int:
+    unmount(Path(args.dir).absolute(), lazy=args.lazy)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``mount`` and ``umount`` commands."""
+    p = sub.add_parser("mount", help="mount an image read-only at DIR")
+    p.add_argument("ref", metavar="REF", help="image reference, e.g. localhost:5000/app:1.0")
+    p.add_argument("dir", metavar="DIR", help="an empty directory")
+    p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
+    p.add_argument("--log-file", metavar="FILE", help="daemon log file")
+    add_image_options(p)
+    p.set_defaults(func=_cmd_mount)
+
+    p = sub.add_parser("umount", help="unmount DIR")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("-z", "--lazy", action="store_true", help="lazy unmount (busy mounts)")
+    p.set_defaults(func=_cmd_umount)
