@@ -71,30 +71,39 @@ def sample() -> Image:
         'PRETTY_NAME="ocifs demo 1.0"\nNAME="ocifs demo"\nVERSION_ID="1.0"\n'
         'ID=ocifsdemo\nHOME_URL="https://example.invalid/ocifs"\n'
     )
-    base = Layer([
-        directory("etc"),
-        file("etc/os-release", os_release),
-        file("etc/hostname", "demo\n"),
-        file("etc/secret.txt", "this file is deleted by a whiteout in layer 3\n", mode=0o600),
-        directory("bin"),
-        file("bin/hello", "#!/bin/sh\necho hello from ocifs\n", mode=0o755),
-        directory("usr"),
-        directory("usr/share"),
-        directory("usr/share/doc"),
-        file("usr/share/doc/README", f"Toast with {SAMPLE_WORD} is the demo's breakfast.\n"),
-    ], created_by="ADD base /")
-    docs = Layer([
-        directory("srv"),
-        directory("srv/notes"),
-        file("srv/notes/monday.txt", f"Buy oranges for the {SAMPLE_WORD}.\n"),
-        file("srv/notes/tuesday.txt", "Nothing to report.\n"),
-        symlink("srv/latest", "notes/monday.txt"),
-    ], created_by="COPY notes /srv/notes")
-    top = Layer([
-        whiteout("etc/secret.txt"),
-        file("srv/notes/wednesday.txt", f"Out of {SAMPLE_WORD} again.\n"),
-        file("etc/motd", "Mounted lazily by ocifs.\n"),
-    ], created_by="RUN rm /etc/secret.txt && echo ... > /srv/notes/wednesday.txt")
+    base = Layer(
+        [
+            directory("etc"),
+            file("etc/os-release", os_release),
+            file("etc/hostname", "demo\n"),
+            file("etc/secret.txt", "this file is deleted by a whiteout in layer 3\n", mode=0o600),
+            directory("bin"),
+            file("bin/hello", "#!/bin/sh\necho hello from ocifs\n", mode=0o755),
+            directory("usr"),
+            directory("usr/share"),
+            directory("usr/share/doc"),
+            file("usr/share/doc/README", f"Toast with {SAMPLE_WORD} is the demo's breakfast.\n"),
+        ],
+        created_by="ADD base /",
+    )
+    docs = Layer(
+        [
+            directory("srv"),
+            directory("srv/notes"),
+            file("srv/notes/monday.txt", f"Buy oranges for the {SAMPLE_WORD}.\n"),
+            file("srv/notes/tuesday.txt", "Nothing to report.\n"),
+            symlink("srv/latest", "notes/monday.txt"),
+        ],
+        created_by="COPY notes /srv/notes",
+    )
+    top = Layer(
+        [
+            whiteout("etc/secret.txt"),
+            file("srv/notes/wednesday.txt", f"Out of {SAMPLE_WORD} again.\n"),
+            file("etc/motd", "Mounted lazily by ocifs.\n"),
+        ],
+        created_by="RUN rm /etc/secret.txt && echo ... > /srv/notes/wednesday.txt",
+    )
     return Image([base, docs, top], labels={"org.opencontainers.image.title": "ocifs demo"})
 
 
@@ -110,10 +119,14 @@ def multiarch() -> ImageIndex:
     images = []
     for arch, variant in (("amd64", None), ("arm64", "v8")):
         layers = [
-            Layer([directory("etc"), file("etc/arch", f"{arch}\n"),
-                   file("etc/common", "same on every platform\n")]),
-            Layer([directory("opt"), file(f"opt/only-on-{arch}", arch)],
-                  compression="none"),
+            Layer(
+                [
+                    directory("etc"),
+                    file("etc/arch", f"{arch}\n"),
+                    file("etc/common", "same on every platform\n"),
+                ]
+            ),
+            Layer([directory("opt"), file(f"opt/only-on-{arch}", arch)], compression="none"),
         ]
         images.append(Image(layers, architecture=arch, variant=variant))
     return ImageIndex(images)
@@ -179,20 +192,23 @@ def _base_layer() -> Layer:
         file("modes/zero", "nobody may read this\n", mode=0o000),
         directory("modes/zerodir", mode=0o000),
         file("modes/zerodir/inside", "in a 0000 dir\n"),
-        file("modes/bigids", "large owner\n", uid=BIG_UID, gid=BIG_GID,
-             uname="bigu", gname="bigg"),
+        file("modes/bigids", "large owner\n", uid=BIG_UID, gid=BIG_GID, uname="bigu", gname="bigg"),
         file("modes/nobody", "", uid=65534, gid=65534, uname="nobody", gname="nogroup"),
         file("modes/mtime", "fixed mtime\n", mtime=1_234_567_890),
         file("modes/mtime-frac", "fractional mtime via PAX\n", mtime=1_600_000_000.25),
         # xattrs.
         directory("xattr", xattrs={"user.dir": b"on a directory"}),
         file("xattr/plain", "x\n", xattrs={"user.foo": b"bar"}),
-        file("xattr/cap", "#!/bin/sh\n", mode=0o755,
-             xattrs={"security.capability": CAPABILITY_XATTR}),
+        file(
+            "xattr/cap", "#!/bin/sh\n", mode=0o755, xattrs={"security.capability": CAPABILITY_XATTR}
+        ),
         # An empty PAX value deletes the record (POSIX pax; Go and umoci agree), so
         # user.empty must not appear in the tree.
-        file("xattr/binary", "", xattrs={"user.binary": BINARY_XATTR, "user.empty": b"",
-                                         "user.two": b"2"}),
+        file(
+            "xattr/binary",
+            "",
+            xattrs={"user.binary": BINARY_XATTR, "user.empty": b"", "user.two": b"2"},
+        ),
         # symlinks.
         directory("links"),
         symlink("links/rel", "../etc/os-release"),
@@ -208,8 +224,10 @@ def _base_layer() -> Layer:
         # a file whose parent dirs have no entries.
         file("implicit/parent/file", "parents created implicitly\n"),
         # a 40-deep path.
-        *[directory("/".join(f"d{i:02}" for i in range(1, n + 1))) for n in
-          range(1, DEEP_DIRS + 1)],
+        *[
+            directory("/".join(f"d{i:02}" for i in range(1, n + 1)))
+            for n in range(1, DEEP_DIRS + 1)
+        ],
         file("/".join(f"d{i:02}" for i in range(1, DEEP_DIRS + 1)) + "/leaf", "deep\n"),
     ]
     return Layer(e, created_by="ADD base /")
@@ -273,19 +291,22 @@ def _names_layer() -> Layer:
     per_dir = 100
     for d in range(MANY_FILES // per_dir):
         e.append(directory(f"many/d{d:02}"))
-        e.extend(file(f"many/d{d:02}/f{i:03}", f"small file {d}/{i}\n")
-                 for i in range(per_dir))
+        e.extend(file(f"many/d{d:02}/f{i:03}", f"small file {d}/{i}\n") for i in range(per_dir))
     return Layer(e, tar_format="gnu", created_by="COPY many /many")
 
 
 def torture() -> Image:
     """Four layers of corner cases (see the module constants and the report)."""
-    big = Layer([
-        directory("big"),
-        file("big/random.bin", big_file_content()),
-        file("big/small", "a small file in the uncompressed layer\n"),
-        file("big/empty"),
-    ], compression="none", created_by="ADD random.bin /big/")
+    big = Layer(
+        [
+            directory("big"),
+            file("big/random.bin", big_file_content()),
+            file("big/small", "a small file in the uncompressed layer\n"),
+            file("big/empty"),
+        ],
+        compression="none",
+        created_by="ADD random.bin /big/",
+    )
     return Image([_base_layer(), _edit_layer(), _names_layer(), big])
 
 

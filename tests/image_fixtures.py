@@ -62,8 +62,9 @@ class BuiltImage:
         key = platform or "host"
         root = self.workdir / f"oracle-{key.replace('/', '-')}" / "rootfs"
         if not root.exists():
-            oracle_unpack(self.host, self.repo, self.tag, root.parent, creds=self.creds,
-                          platform=platform)
+            oracle_unpack(
+                self.host, self.repo, self.tag, root.parent, creds=self.creds, platform=platform
+            )
         return root
 
     def oracle_for(self, platform: str | None = None) -> dict[str, Record]:
@@ -79,8 +80,9 @@ class BuiltImage:
         return self.oracle_for(None)
 
 
-def build_and_push(name: str, registry: Any, workdir: Path, repo: str | None = None,
-                   tag: str = "latest") -> BuiltImage:
+def build_and_push(
+    name: str, registry: Any, workdir: Path, repo: str | None = None, tag: str = "latest"
+) -> BuiltImage:
     """Build catalog image ``name`` under ``workdir`` and push it to ``registry``."""
     description = CATALOG[name]()
     repo = repo or f"test/{name.replace('_', '-')}"
@@ -99,8 +101,7 @@ def sample_image(registry: Any, tmp_path_factory: pytest.TempPathFactory) -> Bui
 @pytest.fixture(scope="session")
 def docker_sample_image(registry: Any, tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
     """``sample`` with Docker schema2 media types."""
-    return build_and_push("docker_sample", registry,
-                          tmp_path_factory.mktemp("docker-sample-image"))
+    return build_and_push("docker_sample", registry, tmp_path_factory.mktemp("docker-sample-image"))
 
 
 @pytest.fixture(scope="session")

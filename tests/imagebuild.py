@@ -274,8 +274,9 @@ def _write_image(store: _BlobStore, image: Image) -> dict[str, Any]:
             mt = MT_DOCKER_LAYER_TAR if docker else MT_OCI_LAYER_TAR
         layer_descs.append(store.put(blob, mt))
         history.append({"created": CREATED, "created_by": layer.created_by})
-    history.append({"created": CREATED, "created_by": "CMD " + json.dumps(image.cmd),
-                    "empty_layer": True})
+    history.append(
+        {"created": CREATED, "created_by": "CMD " + json.dumps(image.cmd), "empty_layer": True}
+    )
     config: dict[str, Any] = {
         "created": CREATED,
         **image.platform,
@@ -315,11 +316,15 @@ def write_layout(what: Image | ImageIndex, dest: Path, tag: str = "latest") -> L
             descs.append(desc)
             manifests[_platform_key(image)] = desc["digest"]
         index_mt = MT_DOCKER_LIST if what.docker_media_types else MT_OCI_INDEX
-        top = store.put_json({"schemaVersion": 2, "mediaType": index_mt, "manifests": descs},
-                             index_mt)
+        top = store.put_json(
+            {"schemaVersion": 2, "mediaType": index_mt, "manifests": descs}, index_mt
+        )
     top_entry = {**top, "annotations": {"org.opencontainers.image.ref.name": tag}}
-    (dest / "index.json").write_text(json.dumps(
-        {"schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": [top_entry]}, indent=2))
+    (dest / "index.json").write_text(
+        json.dumps(
+            {"schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": [top_entry]}, indent=2
+        )
+    )
     return Layout(dest, tag, top["digest"], top["mediaType"], manifests)
 
 
@@ -352,8 +357,10 @@ def _as_dir_transport(layout: Layout, dest: Path) -> str:
     os.link(top, dest / "manifest.json")
     for digest in layout.manifests.values():
         if digest != layout.digest:
-            os.link(blobs / digest.removeprefix("sha256:"),
-                    dest / f"{digest.removeprefix('sha256:')}.manifest.json")
+            os.link(
+                blobs / digest.removeprefix("sha256:"),
+                dest / f"{digest.removeprefix('sha256:')}.manifest.json",
+            )
     for b in blobs.iterdir():
         os.link(b, dest / b.name)
     return f"dir:{dest}"

@@ -54,5 +54,3 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     assert "Traceback" not in result.stderr
     assert lines[0].startswith("ocifs: ")
     return lines[0]
-
-

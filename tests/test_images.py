@@ -72,16 +72,25 @@ def test_build_is_reproducible(tmp_path: Path) -> None:
 
 def test_cli_build_prints_the_digest(tmp_path: Path) -> None:
     script = Path(__file__).with_name("imagebuild.py")
-    out = subprocess.run([sys.executable, str(script), "build", "sample", str(tmp_path / "l")],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, str(script), "build", "sample", str(tmp_path / "l")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert out == write_layout(sample(), tmp_path / "again").digest
     index = json.loads((tmp_path / "l" / "index.json").read_text())
     assert index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] == "latest"
 
 
 def test_torture_round_trips_through_registry(torture_image: BuiltImage, tmp_path: Path) -> None:
-    args = ["copy", "--quiet", "--src-tls-verify=false", "--preserve-digests",
-            "--dest-oci-accept-uncompressed-layers"]
+    args = [
+        "copy",
+        "--quiet",
+        "--src-tls-verify=false",
+        "--preserve-digests",
+        "--dest-oci-accept-uncompressed-layers",
+    ]
     if torture_image.creds:
         args += ["--src-creds", torture_image.creds]
     skopeo(*args, f"docker://{torture_image.ref}", f"oci:{tmp_path}:back")
@@ -106,9 +115,15 @@ def test_multiarch_index_in_registry(multiarch_image: BuiltImage) -> None:
         inspect += ["--creds", multiarch_image.creds]
     raw = skopeo(*inspect, f"docker://{multiarch_image.ref}").encode()
     assert "sha256:" + sha(raw) == multiarch_image.digest
-    platforms = {"/".join(filter(None, (m["platform"]["os"], m["platform"]["architecture"],
-                                        m["platform"].get("variant")))): m["digest"]
-                 for m in json.loads(raw)["manifests"]}
+    platforms = {
+        "/".join(
+            filter(
+                None,
+                (m["platform"]["os"], m["platform"]["architecture"], m["platform"].get("variant")),
+            )
+        ): m["digest"]
+        for m in json.loads(raw)["manifests"]
+    }
     assert platforms == multiarch_image.manifests
     assert set(platforms) == {"linux/amd64", "linux/arm64/v8"}
 
@@ -135,10 +150,14 @@ def test_sample_oracle(sample_image: BuiltImage) -> None:
     root = sample_image.oracle_root()
     assert "/etc/secret.txt" not in tree
     assert (root / "etc/os-release").read_text().startswith('PRETTY_NAME="ocifs demo')
-    with_word = sorted(p for p, r in tree.items()
-                       if r.type == "reg" and SAMPLE_WORD in (root / p[1:]).read_text())
-    assert with_word == ["/srv/notes/monday.txt", "/srv/notes/wednesday.txt",
-                         "/usr/share/doc/README"]
+    with_word = sorted(
+        p for p, r in tree.items() if r.type == "reg" and SAMPLE_WORD in (root / p[1:]).read_text()
+    )
+    assert with_word == [
+        "/srv/notes/monday.txt",
+        "/srv/notes/wednesday.txt",
+        "/usr/share/doc/README",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -147,8 +166,16 @@ def torture(torture_image: BuiltImage) -> dict[str, Record]:
 
 
 def test_oracle_whiteouts(torture: dict[str, Record]) -> None:
-    for gone in ("/wh/gone", "/wh/dir", "/wh/dir/sub/deep", "/wh/redo/old", "/wh/same/old",
-                 "/rootgone", "/usr/lib/gone-via-link", "/spell/plain"):
+    for gone in (
+        "/wh/gone",
+        "/wh/dir",
+        "/wh/dir/sub/deep",
+        "/wh/redo/old",
+        "/wh/same/old",
+        "/rootgone",
+        "/usr/lib/gone-via-link",
+        "/spell/plain",
+    ):
         assert gone not in torture, gone
     assert not [p for p in torture if ".wh." in p]
     assert torture["/wh/kept"].type == "reg"
@@ -215,8 +242,7 @@ def test_oracle_modes_and_owners(torture: dict[str, Record]) -> None:
         "/implicit": ("dir", 0o755, 0, 0),
         "/implicit/parent": ("dir", 0o755, 0, 0),
     }
-    got = {p: (torture[p].type, torture[p].mode, torture[p].uid, torture[p].gid)
-           for p in expect}
+    got = {p: (torture[p].type, torture[p].mode, torture[p].uid, torture[p].gid) for p in expect}
     assert got == expect
     assert torture["/modes/zerodir/inside"].type == "reg"
     assert torture["/etc/empty"].size == 0 and torture["/big/empty"].size == 0
@@ -231,11 +257,18 @@ def test_oracle_mtimes(torture_image: BuiltImage) -> None:
 
 
 def test_oracle_symlinks_and_usrmerge(torture: dict[str, Record]) -> None:
-    targets = {p: torture[p].target for p in ("/links/rel", "/links/abs", "/links/dangling",
-                                              "/links/dir", "/lib", "/lib64")}
-    assert targets == {"/links/rel": "../etc/os-release", "/links/abs": "/etc/os-release",
-                       "/links/dangling": "/nonexistent/target", "/links/dir": "../usr",
-                       "/lib": "usr/lib", "/lib64": "/usr/lib64"}
+    targets = {
+        p: torture[p].target
+        for p in ("/links/rel", "/links/abs", "/links/dangling", "/links/dir", "/lib", "/lib64")
+    }
+    assert targets == {
+        "/links/rel": "../etc/os-release",
+        "/links/abs": "/etc/os-release",
+        "/links/dangling": "/nonexistent/target",
+        "/links/dir": "../usr",
+        "/lib": "usr/lib",
+        "/lib64": "/usr/lib64",
+    }
     assert len(torture["/links/long"].target or "") > 100
     # Entries under lib/ and lib64/ went through the lower layer's symlinks.
     assert torture["/usr/lib/x"].sha256 == sha("written through lib -> usr/lib\n")
@@ -249,8 +282,10 @@ def test_oracle_names(torture: dict[str, Record]) -> None:
     assert f"/utf8/{UTF8_NAME}" in torture and torture["/utf8/リンク"].target == UTF8_NAME
     deep = "/" + "/".join(f"d{i:02}" for i in range(1, DEEP_DIRS + 1)) + "/leaf"
     assert torture[deep].sha256 == sha("deep\n")
-    assert len([p for p in torture if p.startswith("/many/") and
-                torture[p].type == "reg"]) == MANY_FILES
+    assert (
+        len([p for p in torture if p.startswith("/many/") and torture[p].type == "reg"])
+        == MANY_FILES
+    )
     assert torture["/spell/dot"].sha256 == sha("v2 of dot\n")
     assert torture["/spell/abs"].sha256 == sha("v2 of abs\n")
 

@@ -60,9 +60,15 @@ class Record:
 
 
 def _type_of(st_mode: int) -> str:
-    for test, name in ((stat.S_ISREG, "reg"), (stat.S_ISDIR, "dir"), (stat.S_ISLNK, "symlink"),
-                       (stat.S_ISCHR, "char"), (stat.S_ISBLK, "block"), (stat.S_ISFIFO, "fifo"),
-                       (stat.S_ISSOCK, "socket")):
+    for test, name in (
+        (stat.S_ISREG, "reg"),
+        (stat.S_ISDIR, "dir"),
+        (stat.S_ISLNK, "symlink"),
+        (stat.S_ISCHR, "char"),
+        (stat.S_ISBLK, "block"),
+        (stat.S_ISFIFO, "fifo"),
+        (stat.S_ISSOCK, "socket"),
+    ):
         if test(st_mode):
             return name
     raise ValueError(f"unknown file type {st_mode:o}")
@@ -79,8 +85,7 @@ def _sha256(path: Path) -> str:
 def _xattrs(path: Path, ignore: Iterable[str]) -> tuple[tuple[str, bytes], ...]:
     try:
         names = os.listxattr(path, follow_symlinks=False)
-        items = [(n, os.getxattr(path, n, follow_symlinks=False)) for n in names
-                 if n not in ignore]
+        items = [(n, os.getxattr(path, n, follow_symlinks=False)) for n in names if n not in ignore]
     except OSError as e:
         if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
             return ()
@@ -88,8 +93,9 @@ def _xattrs(path: Path, ignore: Iterable[str]) -> tuple[tuple[str, bytes], ...]:
     return tuple(sorted(items))
 
 
-def snapshot(root: Path, *, mtime: bool = False,
-             ignore_xattrs: Iterable[str] = ()) -> dict[str, Record]:
+def snapshot(
+    root: Path, *, mtime: bool = False, ignore_xattrs: Iterable[str] = ()
+) -> dict[str, Record]:
     """Walk ``root`` with lstat and return a Record per path ("/" is the root itself,
     others "/a/b"). ``mtime`` adds mtime_ns; ``ignore_xattrs`` names xattrs to skip."""
     ignore = frozenset(ignore_xattrs)
@@ -101,7 +107,10 @@ def snapshot(root: Path, *, mtime: bool = False,
         st = os.lstat(path)
         kind = _type_of(st.st_mode)
         rec: dict[str, object] = {
-            "type": kind, "mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid,
+            "type": kind,
+            "mode": stat.S_IMODE(st.st_mode),
+            "uid": st.st_uid,
+            "gid": st.st_gid,
             "xattrs": _xattrs(path, ignore),
             "mtime_ns": st.st_mtime_ns if mtime else None,
         }
@@ -140,13 +149,13 @@ def diff_trees(expected: dict[str, Record], actual: dict[str, Record]) -> list[s
                 ev, av = getattr(exp, f.name), getattr(act, f.name)
                 if ev != av and not (f.name == "mtime_ns" and None in (ev, av)):
                     fmt = (lambda v: f"{v:04o}") if f.name == "mode" else repr
-                    lines.append(f"differs    {path}: {f.name}: expected {fmt(ev)},"
-                                 f" got {fmt(av)}")
+                    lines.append(f"differs    {path}: {f.name}: expected {fmt(ev)}, got {fmt(av)}")
     return lines
 
 
-def assert_same_tree(expected: dict[str, Record], actual: dict[str, Record],
-                     limit: int = 20) -> None:
+def assert_same_tree(
+    expected: dict[str, Record], actual: dict[str, Record], limit: int = 20
+) -> None:
     """Fail with a readable list of the first ``limit`` differences, if any."""
     lines = diff_trees(expected, actual)
     if lines:
@@ -155,8 +164,15 @@ def assert_same_tree(expected: dict[str, Record], actual: dict[str, Record],
         raise AssertionError(f"trees differ in {len(lines)} places:\n  {shown}{more}")
 
 
-def oracle_unpack(registry_host: str, repo: str, tag: str, workdir: Path, *,
-                  creds: str | None = None, platform: str | None = None) -> Path:
+def oracle_unpack(
+    registry_host: str,
+    repo: str,
+    tag: str,
+    workdir: Path,
+    *,
+    creds: str | None = None,
+    platform: str | None = None,
+) -> Path:
     """Pull HOST/REPO:TAG with skopeo into ``workdir/layout`` and unpack it with
     ``umoci raw unpack`` (as root) into ``workdir/rootfs``; return that path.
 
@@ -173,14 +189,23 @@ def oracle_unpack(registry_host: str, repo: str, tag: str, workdir: Path, *,
         if variant:
             args += ["--override-variant", variant[0]]
     # --format oci: umoci reads only OCI manifests (a Docker schema2 image is converted).
-    args += ["copy", "--quiet", "--src-tls-verify=false", "--format", "oci",
-             "--dest-oci-accept-uncompressed-layers"]
+    args += [
+        "copy",
+        "--quiet",
+        "--src-tls-verify=false",
+        "--format",
+        "oci",
+        "--dest-oci-accept-uncompressed-layers",
+    ]
     if creds:
         args += ["--src-creds", creds]
     skopeo(*args, f"docker://{registry_host}/{repo}:{tag}", f"oci:{workdir / 'layout'}:{tag}")
     proc = subprocess.run(
         ["umoci", "raw", "unpack", "--image", f"{workdir / 'layout'}:{tag}", str(rootfs)],
-        capture_output=True, text=True, check=False)
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"umoci raw unpack failed ({proc.returncode}):\n{proc.stderr}")
     return rootfs

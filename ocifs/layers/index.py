@@ -233,8 +233,8 @@ async def _download(source: ImageSource, desc: Descriptor, fh: BinaryIO, what: s
     """Stream the blob into ``fh`` (closed on return), hashing it whole and per chunk."""
     hasher = ChunkHasher()
     whole = hashlib.new(desc.digest.partition(":")[0])
-    async with trio.wrap_file(fh) as out:
-        async for piece in source.stream_blob(desc):
+    async with trio.wrap_file(fh) as out, contextlib.aclosing(source.stream_blob(desc)) as stream:
+        async for piece in stream:
             hasher.update(piece)
             whole.update(piece)
             await out.write(piece)

@@ -68,9 +68,8 @@ def _entry(info: tarfile.TarInfo, what: str) -> LayerEntry:
             linkname = normalize_path(linkname)
     except LayerFormatError as exc:
         raise LayerFormatError(f"{what}: {exc}") from None
-    if etype is EntryType.HARDLINK:
-        if not linkname:
-            raise LayerFormatError(f"{what}: hardlink {info.name!r} names the root")
+    if etype is EntryType.HARDLINK and not linkname:
+        raise LayerFormatError(f"{what}: hardlink {info.name!r} names the root")
     # An empty PAX value deletes the keyword (POSIX pax "extended header"), so an
     # xattr record with an empty value sets nothing (Go's archive/tar agrees).
     xattrs = {

@@ -5,7 +5,7 @@ read bytes at an offset of a blob, stream a whole blob.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -60,9 +60,10 @@ class ImageSource(Protocol):
         fewer bytes than asked after retries."""
         ...
 
-    def stream_blob(self, desc: Descriptor) -> AsyncIterator[bytes]:
+    def stream_blob(self, desc: Descriptor) -> AsyncGenerator[bytes, None]:
         """Yield the whole blob from its first byte in pieces. Not verified here:
-        the caller hashes the stream and compares with ``desc.digest``."""
+        the caller hashes the stream and compares with ``desc.digest``. A caller that
+        stops early must close the generator (``contextlib.aclosing``)."""
         ...
 
     async def aclose(self) -> None:

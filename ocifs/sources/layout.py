@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import trio
@@ -95,7 +95,7 @@ class LayoutSource:
             raise FetchError(f"{self.describe()}: blob {desc.digest} is shorter than expected")
         return data
 
-    async def stream_blob(self, desc: Descriptor) -> AsyncIterator[bytes]:
+    async def stream_blob(self, desc: Descriptor) -> AsyncGenerator[bytes, None]:
         try:
             async with await trio.open_file(self._blob_path(desc.digest), "rb") as fh:
                 while piece := await fh.read(STREAM_PIECE_BYTES):
