@@ -126,7 +126,7 @@ async def read_node(image: Image, node: Node, offset: int, size: int) -> bytes:
     size = min(size, node.size - offset)
     if size <= 0 or node.entry is None:
         return b""
-    return await image.layers[node.layer].read(node.entry.data_offset + offset, size)
+    return await image.layers[node.layer].read(node.entry, offset, size)
 
 
 @asynccontextmanager

@@ -20,7 +20,7 @@ import logging
 import os
 import tempfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -102,29 +102,33 @@ def _entry_from_json(v: list[Any]) -> LayerEntry:
 
 
 class Layer:
-    """A layer ready to serve reads: its index plus a reader of uncompressed bytes."""
+    """A layer ready to serve reads: its descriptor, its entries, and a reader of
+    entry content. Formats whose entries sit in one uncompressed tar stream (tar,
+    gzip) read ``entry.data_offset + offset`` of that stream; a format with its own
+    addressing (eStargz) passes its own ``read_entry``."""
 
     def __init__(
         self,
         desc: Descriptor,
-        index: LayerIndex,
-        blob: BlobReader,
-        gzip_reader: GzipLayerReader | None,
+        entries: list[LayerEntry],
+        read_stream: Callable[[int, int], Awaitable[bytes]] | None = None,
+        read_entry: Callable[[LayerEntry, int, int], Awaitable[bytes]] | None = None,
     ) -> None:
+        if (read_stream is None) == (read_entry is None):
+            raise ValueError("a layer reads by stream offset or by entry, not both")
         self.desc = desc
-        self.index = index
-        self.blob = blob
-        self._gzip = gzip_reader
+        self.entries = entries
+        self._read_stream = read_stream
+        self._read_entry = read_entry
 
-    @property
-    def entries(self) -> list[LayerEntry]:
-        return self.index.entries
-
-    async def read(self, offset: int, size: int) -> bytes:
-        """``size`` bytes at ``offset`` of the layer's *uncompressed* tar stream, verified."""
-        if self._gzip is not None:
-            return await self._gzip.read(offset, size)
-        return await self.blob.read(offset, size)
+    async def read(self, entry: LayerEntry, offset: int, size: int) -> bytes:
+        """``size`` bytes (fewer at the end) at ``offset`` of ``entry``'s content,
+        verified. Raises :class:`DigestMismatchError` or
+        :class:`ocifs.errors.FetchError` when the bytes cannot be fetched and verified."""
+        if self._read_entry is not None:
+            return await self._read_entry(entry, offset, size)
+        assert self._read_stream is not None
+        return await self._read_stream(entry.data_offset + offset, size)
 
 
 def layer_kind(desc: Descriptor, what: str) -> str:
@@ -164,12 +168,12 @@ async def open_layer(
     if index is None or index.kind != kind:
         index = await _build(source, desc, diff_id, kind, cache, limiter, what)
     blob = BlobReader(source, desc, index.chunks, cache, limiter)
-    reader = None
     if kind == KIND_GZIP:
-        reader = GzipLayerReader(
+        gz = GzipLayerReader(
             blob, index.gzip_index, index.points, index.uncompressed_size, spans, limiter
         )
-    return Layer(desc, index, blob, reader)
+        return Layer(desc, index.entries, read_stream=gz.read)
+    return Layer(desc, index.entries, read_stream=blob.read)
 
 
 def _load_cached(cache: ChunkCache, digest: str) -> LayerIndex | None:
