@@ -1,14 +1,23 @@
-"""The persistent chunk cache: content-addressed, private (0700), crash-safe.
+"""The persistent chunk cache: content-addressed, private (0700), crash-safe, bounded,
+and shared by every ocifs process on the host that uses the same directory.
 
 Layout under the cache directory (default ``$XDG_CACHE_HOME/ocifs``)::
 
     chunks/<algo>/<hex[:2]>/<hex>/<chunk-index>   verified compressed blob chunks
     indexes/<algo>/<hex>.<suffix>                 layer indexes, keyed by blob digest
+    locks/...                                     lock files (cross-process single-flight)
+    tmp/                                          scratch files of index builds
+    cache.db                                      sizes and last use of every entry (SQLite)
 
-Every write goes to a temp file in the same directory, is fsync'ed, then renamed,
+Every write goes to a temp file in the entry's directory, is fsync'ed, then renamed,
 so a crash never leaves a half-written entry under its final name. A chunk read
 back is checked against the digest the caller expects (see ``ocifs.layers.blob``),
 so a corrupt entry is dropped and refetched, never served.
+
+The size bound covers chunks and indexes. SQLite (WAL mode) keeps the byte count and
+last-use time of every entry, so several processes see one total and evict least
+recently used entries first; an entry evicted while a read is using it costs that
+read nothing (its bytes are in memory) and a later read a refetch.
 
 All methods do blocking file I/O: call them from a worker thread.
 """
@@ -17,14 +26,29 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import sqlite3
 import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+import filelock
 
 from ocifs.errors import OcifsError
 
-__all__ = ["ChunkCache", "default_cache_dir"]
+__all__ = ["CacheEntry", "ChunkCache", "default_cache_dir", "default_cache_max"]
 
 DIR_MODE = 0o700
+DEFAULT_MAX_BYTES = 10 * 1024**3
+DEFAULT_DISK_FRACTION = 0.10
+# Last-use times are written in batches: at most this many pending, or this old.
+TOUCH_BATCH = 256
+TOUCH_FLUSH_S = 5.0
+KIND_CHUNK = "chunk"
+KIND_INDEX = "index"
 
 
 def default_cache_dir() -> Path:
@@ -33,23 +57,79 @@ def default_cache_dir() -> Path:
     return Path(base) / "ocifs"
 
 
+def default_cache_max(root: Path) -> int:
+    """The default bound in bytes: 10 GiB or 10 % of the cache's disk, whichever is less."""
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        total = shutil.disk_usage(probe).total
+    except OSError:
+        return DEFAULT_MAX_BYTES
+    return min(DEFAULT_MAX_BYTES, int(total * DEFAULT_DISK_FRACTION))
+
+
 def _split(digest: str) -> tuple[str, str]:
     algo, _, hexpart = digest.partition(":")
-    if not algo or not hexpart or not hexpart.isalnum():
+    if not algo or not hexpart or not hexpart.isalnum() or not algo.isalnum():
         raise ValueError(f"malformed digest {digest!r}")
     return algo, hexpart
 
 
-class ChunkCache:
-    """A directory of verified blob chunks and layer indexes (see module docstring)."""
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    """What the cache holds for one blob: its chunks and index parts, in bytes,
+    and when it was last used (seconds since the epoch)."""
 
-    def __init__(self, root: Path) -> None:
+    digest: str
+    chunks: int
+    chunk_bytes: int
+    index_bytes: int
+    last_used: float
+
+
+class ChunkCache:
+    """A directory of verified blob chunks and layer indexes (see module docstring).
+
+    ``max_bytes`` bounds chunks + indexes (default :func:`default_cache_max`).
+    Raises :class:`OcifsError` when the directory cannot be used.
+    """
+
+    def __init__(self, root: Path, max_bytes: int | None = None) -> None:
         self.root = root
+        self.max_bytes = max_bytes if max_bytes is not None else default_cache_max(root)
         try:
             root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
             os.chmod(root, DIR_MODE)
-        except OSError as exc:
-            raise OcifsError(f"cannot use cache directory {root}: {exc.strerror}") from None
+            fresh = not (root / "cache.db").exists()
+            self._db = sqlite3.connect(
+                root / "cache.db", timeout=60.0, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS entries (path TEXT PRIMARY KEY, digest TEXT NOT NULL,"
+                " kind TEXT NOT NULL, size INTEGER NOT NULL, used REAL NOT NULL)"
+            )
+            self._db.execute("CREATE INDEX IF NOT EXISTS entries_used ON entries (used)")
+            self._db.execute("CREATE INDEX IF NOT EXISTS entries_digest ON entries (digest)")
+            # The running total of entries.size, kept in the same transactions.
+            self._db.execute("CREATE TABLE IF NOT EXISTS total (bytes INTEGER NOT NULL)")
+            self._db.execute("INSERT INTO total SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM total)")
+        except (OSError, sqlite3.Error) as exc:
+            raise OcifsError(f"cannot use cache directory {root}: {exc}") from None
+        self._lock = threading.Lock()
+        self._touched: dict[str, float] = {}
+        self._last_flush = time.monotonic()
+        self._remove_stale_temp_files()
+        if fresh:
+            self.reconcile()
+
+    def close(self) -> None:
+        """Write pending last-use times and close the database."""
+        with self._lock:
+            self._flush_touches()
+            self._db.close()
 
     # -- chunks ---------------------------------------------------------------
 
@@ -59,19 +139,39 @@ class ChunkCache:
 
     def get_chunk(self, digest: str, index: int) -> bytes | None:
         """The bytes stored for chunk ``index`` of blob ``digest``, or None if absent."""
+        path = self._chunk_path(digest, index)
         try:
-            return self._chunk_path(digest, index).read_bytes()
+            data = path.read_bytes()
         except FileNotFoundError:
             return None
+        self._touch(path)
+        return data
 
-    def put_chunk(self, digest: str, index: int, data: bytes) -> None:
-        """Store chunk ``index`` of blob ``digest`` atomically (temp + fsync + rename)."""
-        self._write_atomic(self._chunk_path(digest, index), data)
+    def put_chunk(self, digest: str, index: int, data: bytes) -> bool:
+        """Store chunk ``index`` of blob ``digest`` atomically (temp + fsync + rename),
+        evicting least recently used entries to stay within the bound. Returns False
+        (storing nothing) when the chunk alone is larger than the bound."""
+        return self._store(self._chunk_path(digest, index), digest, KIND_CHUNK, data)
 
     def drop_chunk(self, digest: str, index: int) -> None:
         """Remove a chunk found corrupt; absent is fine."""
-        with contextlib.suppress(FileNotFoundError):
-            self._chunk_path(digest, index).unlink()
+        self._remove(self._chunk_path(digest, index))
+
+    def chunk_lock(self, digest: str, index: int) -> filelock.BaseFileLock:
+        """The lock that makes one process on the host fetch chunk ``index`` of
+        ``digest`` while the others wait for it (cross-process single-flight)."""
+        algo, hexpart = _split(digest)
+        return self._lock_file(Path(algo) / hexpart[:2] / hexpart / str(index))
+
+    def blob_lock(self, digest: str) -> filelock.BaseFileLock:
+        """The lock held while one process builds the index of blob ``digest``."""
+        algo, hexpart = _split(digest)
+        return self._lock_file(Path(algo) / hexpart[:2] / f"{hexpart}.index")
+
+    def _lock_file(self, rel: Path) -> filelock.BaseFileLock:
+        path = self.root / "locks" / rel
+        path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        return filelock.FileLock(path, mode=0o600, thread_local=False, is_singleton=False)
 
     # -- layer indexes --------------------------------------------------------
 
@@ -82,26 +182,225 @@ class ChunkCache:
 
     def get_index(self, digest: str, suffix: str) -> bytes | None:
         """The stored index part, or None if absent."""
+        path = self.index_path(digest, suffix)
         try:
-            return self.index_path(digest, suffix).read_bytes()
+            data = path.read_bytes()
         except FileNotFoundError:
             return None
+        self._touch(path)
+        return data
 
-    def put_index(self, digest: str, suffix: str, data: bytes) -> None:
-        """Store an index part atomically (temp + fsync + rename)."""
-        self._write_atomic(self.index_path(digest, suffix), data)
+    def put_index(self, digest: str, suffix: str, data: bytes) -> bool:
+        """Store an index part atomically; counts against the bound like chunks."""
+        return self._store(self.index_path(digest, suffix), digest, KIND_INDEX, data)
 
     def scratch_dir(self) -> Path:
-        """A private directory for temporary files (layer downloads during index builds)."""
+        """A private directory for temporary files (layer downloads during index builds);
+        name them with :meth:`scratch_prefix` so stale ones can be recognised."""
         path = self.root / "tmp"
         path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         return path
 
-    # -- helpers --------------------------------------------------------------
+    @staticmethod
+    def scratch_prefix(kind: str) -> str:
+        """A temp-file prefix naming this process, e.g. ``blob-1234-``."""
+        return f"{kind}-{os.getpid()}-"
+
+    # -- accounting -----------------------------------------------------------
+
+    def usage(self) -> int:
+        """Bytes held in chunks and indexes, as the database records them."""
+        with self._lock:
+            row = self._db.execute("SELECT bytes FROM total").fetchone()
+        return int(row[0])
+
+    def free_bytes(self) -> int:
+        """Bytes that can still be stored before eviction starts."""
+        return max(0, self.max_bytes - self.usage())
+
+    def entries(self) -> list[CacheEntry]:
+        """Per blob digest: what the cache holds, most recently used first."""
+        with self._lock:
+            self._flush_touches()
+            rows = self._db.execute(
+                "SELECT digest, SUM(kind = ?), SUM(CASE WHEN kind = ? THEN size ELSE 0 END),"
+                " SUM(CASE WHEN kind = ? THEN size ELSE 0 END), MAX(used)"
+                " FROM entries GROUP BY digest ORDER BY MAX(used) DESC",
+                (KIND_CHUNK, KIND_CHUNK, KIND_INDEX),
+            ).fetchall()
+        return [CacheEntry(d, int(n), int(cb), int(ib), float(u)) for d, n, cb, ib, u in rows]
+
+    def prune(self, max_bytes: int | None = None) -> int:
+        """Evict least recently used entries until at most ``max_bytes`` (default: the
+        bound) are held; returns the bytes freed."""
+        with self._lock:
+            self._flush_touches()
+            return self._evict_to(self.max_bytes if max_bytes is None else max_bytes)
+
+    def clear(self) -> int:
+        """Remove every chunk and index; returns the bytes freed."""
+        freed = self.prune(0)
+        for sub in ("chunks", "indexes", "locks"):
+            shutil.rmtree(self.root / sub, ignore_errors=True)
+        return freed
+
+    def reconcile(self) -> None:
+        """Make the database agree with the files: forget rows whose file is gone and
+        record files no row knows (after a crash between rename and insert)."""
+        now = time.time()
+        found: dict[str, tuple[str, str, int]] = {}
+        for kind, entry, digest in self._walk_entries():
+            with contextlib.suppress(FileNotFoundError):
+                found[str(entry)] = (digest, kind, entry.stat().st_size)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                known = {row[0] for row in self._db.execute("SELECT path FROM entries")}
+                for gone in known - found.keys():
+                    self._db.execute("DELETE FROM entries WHERE path = ?", (gone,))
+                for new in found.keys() - known:
+                    digest, kind, size = found[new]
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?)",
+                        (new, digest, kind, size, now),
+                    )
+                self._db.execute(
+                    "UPDATE total SET bytes = (SELECT COALESCE(SUM(size), 0) FROM entries)"
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    # -- internals ------------------------------------------------------------
+
+    def _walk_entries(self) -> Iterator[tuple[str, Path, str]]:
+        for chunk in (self.root / "chunks").glob("*/*/*/*"):
+            if chunk.is_file() and not chunk.name.startswith(".tmp-"):
+                algo, hexpart = chunk.parts[-4], chunk.parts[-2]
+                yield KIND_CHUNK, chunk, f"{algo}:{hexpart}"
+        for index in (self.root / "indexes").glob("*/*"):
+            if index.is_file() and not index.name.startswith(".tmp-"):
+                yield KIND_INDEX, index, f"{index.parts[-2]}:{index.name.split('.')[0]}"
+
+    def _store(self, path: Path, digest: str, kind: str, data: bytes) -> bool:
+        if len(data) > self.max_bytes:
+            return False
+        self._write_atomic(path, data)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._forget([str(path)])
+                self._db.execute(
+                    "INSERT INTO entries VALUES (?, ?, ?, ?, ?)",
+                    (str(path), digest, kind, len(data), time.time()),
+                )
+                self._db.execute("UPDATE total SET bytes = bytes + ?", (len(data),))
+                victims = self._evict_rows(self.max_bytes, keep=str(path))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        self._unlink_all(victims)
+        return True
+
+    def _forget(self, paths: list[str]) -> int:
+        """Delete the rows of ``paths`` and their bytes from the total (in a transaction)."""
+        freed = 0
+        for path in paths:
+            row = self._db.execute("SELECT size FROM entries WHERE path = ?", (path,)).fetchone()
+            if row is not None:
+                freed += int(row[0])
+                self._db.execute("DELETE FROM entries WHERE path = ?", (path,))
+        self._db.execute("UPDATE total SET bytes = bytes - ?", (freed,))
+        return freed
+
+    def _evict_rows(self, limit: int, keep: str) -> list[str]:
+        """Forget least recently used rows until the total is at most ``limit`` bytes;
+        return their paths, to unlink once the transaction is committed."""
+        excess = int(self._db.execute("SELECT bytes FROM total").fetchone()[0]) - limit
+        if excess <= 0:
+            return []
+        victims: list[str] = []
+        for path, size in self._db.execute(
+            "SELECT path, size FROM entries WHERE path != ? ORDER BY used", (keep,)
+        ).fetchall():
+            victims.append(path)
+            excess -= size
+            if excess <= 0:
+                break
+        self._forget(victims)
+        return victims
+
+    def _evict_to(self, limit: int) -> int:
+        before = self.usage_locked()
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            victims = self._evict_rows(limit, keep="")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._unlink_all(victims)
+        return before - self.usage_locked()
+
+    def usage_locked(self) -> int:
+        """Like :meth:`usage`, for a caller already holding the lock."""
+        return int(self._db.execute("SELECT bytes FROM total").fetchone()[0])
+
+    def _remove(self, path: Path) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._forget([str(path)])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._touched.pop(str(path), None)
+        self._unlink_all([str(path)])
+
+    @staticmethod
+    def _unlink_all(paths: list[str]) -> None:
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def _touch(self, path: Path) -> None:
+        with self._lock:
+            self._touched[str(path)] = time.time()
+            if (
+                len(self._touched) >= TOUCH_BATCH
+                or time.monotonic() - self._last_flush > TOUCH_FLUSH_S
+            ):
+                self._flush_touches()
+
+    def _flush_touches(self) -> None:
+        if self._touched:
+            self._db.executemany(
+                "UPDATE entries SET used = ? WHERE path = ?",
+                [(when, path) for path, when in self._touched.items()],
+            )
+            self._touched.clear()
+        self._last_flush = time.monotonic()
+
+    def _remove_stale_temp_files(self) -> None:
+        """Remove temp files left by processes that died (their pid is in the name)."""
+        candidates = list((self.root / "tmp").glob("*-*-*"))
+        candidates += (self.root / "chunks").glob("*/*/*/.tmp-*")
+        candidates += (self.root / "indexes").glob("*/.tmp-*")
+        for path in candidates:
+            parts = path.name.lstrip(".").split("-")
+            if len(parts) < 3 or not parts[1].isdigit():
+                continue
+            pid = int(parts[1])
+            if pid != os.getpid() and not _alive(pid):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
         path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=self.scratch_prefix(".tmp"))
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
@@ -112,3 +411,13 @@ class ChunkCache:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -31,10 +31,10 @@ from ocifs.oci import (
     select_platform,
 )
 from ocifs.sources import SourceOptions, open_source
-from ocifs.sources.base import ImageSource
+from ocifs.sources.base import ImageSource, RawManifest
 from ocifs.tree import Node, Tree, build_tree
 
-__all__ = ["Image", "open_image", "opened_image", "read_node", "resolve"]
+__all__ = ["Image", "open_image", "opened_image", "read_node", "resolve", "resolve_manifest"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,26 @@ class Image:
     tree: Tree
 
 
+async def resolve_manifest(
+    source: ImageSource, platform: Platform | None = None, top: RawManifest | None = None
+) -> Manifest:
+    """The image manifest the source's reference names, an image index followed to
+    ``platform`` (default: this host's) per image-spec image-index.md; ``top`` is the
+    reference's manifest or index when already fetched. Raises as :func:`resolve`."""
+    what = source.describe()
+    want = platform or host_platform()
+    raw = top or await source.get_manifest(source.default_reference())
+    for _ in range(MAX_INDEX_DEPTH):
+        mt = media_type_of(raw.data, raw.media_type, what)
+        if mt not in INDEX_TYPES:
+            break
+        chosen = select_platform(parse_index(raw.data, what), want, what)
+        raw = await source.get_manifest(chosen.digest)
+    else:
+        raise ManifestError(f"{what}: image indexes nested deeper than {MAX_INDEX_DEPTH}")
+    return parse_manifest(raw.data, raw.digest, what)
+
+
 async def resolve(
     source: ImageSource, platform: Platform | None = None
 ) -> tuple[Manifest, ImageConfig]:
@@ -64,17 +84,7 @@ async def resolve(
     :class:`ocifs.errors.NotFoundError`, :class:`ocifs.errors.DigestMismatchError`.
     """
     what = source.describe()
-    want = platform or host_platform()
-    raw = await source.get_manifest(source.default_reference())
-    for _ in range(MAX_INDEX_DEPTH):
-        mt = media_type_of(raw.data, raw.media_type, what)
-        if mt not in INDEX_TYPES:
-            break
-        chosen = select_platform(parse_index(raw.data, what), want, what)
-        raw = await source.get_manifest(chosen.digest)
-    else:
-        raise ManifestError(f"{what}: image indexes nested deeper than {MAX_INDEX_DEPTH}")
-    manifest = parse_manifest(raw.data, raw.digest, what)
+    manifest = await resolve_manifest(source, platform)
     config_raw = await source.get_blob(manifest.config)
     config = parse_config(config_raw, manifest.config.digest, f"{what} config")
     if len(config.diff_ids) != len(manifest.layers):
@@ -131,13 +141,17 @@ async def read_node(image: Image, node: Node, offset: int, size: int) -> bytes:
 
 @asynccontextmanager
 async def opened_image(
-    ref: str, opts: SourceOptions, cache_dir: Path, platform: Platform | None = None
+    ref: str,
+    opts: SourceOptions,
+    cache_dir: Path,
+    platform: Platform | None = None,
+    cache_max: int | None = None,
 ) -> AsyncIterator[Image]:
     """Open the image ``ref`` names (any source ocifs reads) with the cache at
-    ``cache_dir``; the source is closed on exit."""
+    ``cache_dir`` (bounded to ``cache_max`` bytes); the source is closed on exit."""
     source = open_source(ref, opts)
     try:
-        cache = ChunkCache(cache_dir)
+        cache = ChunkCache(cache_dir, cache_max)
         limiter = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
         yield await open_image(source, cache, limiter, platform)
     finally:

@@ -21,6 +21,7 @@ from ocifs.errors import MountError
 from ocifs.fs import ImageFS
 from ocifs.image import open_image
 from ocifs.oci import Platform
+from ocifs.prefetch import PrefetchMode, prefetch
 from ocifs.sources.base import ImageSource
 
 __all__ = ["MountOptions", "check_mountpoint", "run_mount", "unmount"]
@@ -35,6 +36,8 @@ class MountOptions:
     mountpoint: Path
     cache_dir: Path
     platform: Platform | None = None
+    cache_max: int | None = None
+    prefetch: PrefetchMode = PrefetchMode.LANDMARK
 
 
 def check_mountpoint(path: Path) -> None:
@@ -78,7 +81,7 @@ async def run_mount(source: ImageSource, opts: MountOptions, ready: Callable[[st
     ``ready`` is called with the mount's fsname once the tree is mounted. Errors
     before that propagate (nothing is left mounted).
     """
-    cache = ChunkCache(opts.cache_dir)
+    cache = ChunkCache(opts.cache_dir, opts.cache_max)
     limiter = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
     try:
         image = await open_image(source, cache, limiter, opts.platform)
@@ -94,6 +97,7 @@ async def run_mount(source: ImageSource, opts: MountOptions, ready: Callable[[st
             ready(fsname)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+                nursery.start_soon(prefetch, image, cache, opts.prefetch)
                 await pyfuse3.main()
                 nursery.cancel_scope.cancel()
         finally:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from ocifs import __version__
-from ocifs.cli import mount
+from ocifs.cli import cache, mount
 from ocifs.cli._common import describe_error, first_error
 from ocifs.errors import OcifsError
 
@@ -21,7 +21,7 @@ __all__ = ["main"]
 
 log = logging.getLogger("ocifs")
 
-COMMAND_MODULES = (mount,)
+COMMAND_MODULES = (mount, cache)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+import humanfriendly
+
 from ocifs.cache import default_cache_dir
 from ocifs.errors import OcifsError
 from ocifs.oci import Platform
@@ -17,6 +19,7 @@ __all__ = [
     "add_image_options",
     "describe_error",
     "first_error",
+    "parse_size",
     "platform_of",
     "setup_logging",
     "source_options",
@@ -77,7 +80,21 @@ def add_image_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--authfile", metavar="FILE", help="auth file (containers-auth.json)")
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform to pick")
     p.add_argument("--cache-dir", default=str(default_cache_dir()), help="cache directory")
+    p.add_argument(
+        "--cache-max",
+        metavar="SIZE",
+        type=parse_size,
+        help="cache size bound, e.g. 10G (default: 10 GiB or 10%% of the disk, if less)",
+    )
     p.add_argument("--timeout", type=float, default=30.0, help="network timeout, seconds")
+
+
+def parse_size(text: str) -> int:
+    """A size in bytes from ``10G``, ``512MiB``, ``1.5 GB``; K/M/G/T are powers of 1024."""
+    try:
+        return int(humanfriendly.parse_size(text, binary=True))
+    except humanfriendly.InvalidSize:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}") from None
 
 
 def source_options(args: argparse.Namespace) -> SourceOptions:

@@ -20,6 +20,7 @@ from ocifs.cli._common import (
     state_dir,
 )
 from ocifs.mount import MountOptions, check_mountpoint, run_mount, unmount
+from ocifs.prefetch import PrefetchMode
 from ocifs.sources import check_reference, open_source
 
 __all__ = ["register"]
@@ -34,7 +35,13 @@ def _cmd_mount(args: argparse.Namespace) -> int:
     # Parse the reference now: a malformed one fails before anything else happens.
     check_reference(args.ref)
     check_mountpoint(mountpoint)
-    opts = MountOptions(mountpoint, Path(args.cache_dir), platform)
+    opts = MountOptions(
+        mountpoint,
+        Path(args.cache_dir),
+        platform,
+        cache_max=args.cache_max,
+        prefetch=PrefetchMode(args.prefetch),
+    )
 
     def serve(ready: object) -> None:
         async def run() -> None:
@@ -104,6 +111,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("dir", metavar="DIR", help="an empty directory")
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     p.add_argument("--log-file", metavar="FILE", help="daemon log file")
+    p.add_argument(
+        "--prefetch",
+        choices=[m.value for m in PrefetchMode],
+        default=PrefetchMode.LANDMARK.value,
+        help="background fetch after mount: eStargz landmark files (default), "
+        "whole layers, or nothing",
+    )
     add_image_options(p)
     p.set_defaults(func=_cmd_mount)
 

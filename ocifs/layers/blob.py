@@ -10,11 +10,13 @@ byte is served or cached, and shared by every concurrent reader (single-flight).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import filelock
 import trio
 
 from ocifs.cache import ChunkCache
@@ -27,6 +29,43 @@ __all__ = ["CHUNK_SIZE_BYTES", "BlobReader", "ChunkHasher", "ChunkMap"]
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE_BYTES = 256 * 1024
+# One range request covers at most this many adjacent chunks (4 MiB).
+MAX_RUN_CHUNKS = 16
+# How often to look whether another process has fetched a chunk, and for how long.
+LOCK_POLL_S = 0.01
+LOCK_WAIT_S = 120.0
+
+
+class _Foreground:
+    """Counts foreground reads in flight, so that background prefetch yields to them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle: trio.Event | None = None
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        self.count += 1
+        try:
+            yield
+        finally:
+            self.count -= 1
+            if self.count == 0 and self._idle is not None:
+                self._idle.set()
+                self._idle = None
+
+    async def wait_idle(self) -> None:
+        while self.count:
+            if self._idle is None:
+                self._idle = trio.Event()
+            await self._idle.wait()
+
+
+FOREGROUND = _Foreground()
+
+# Chunks being fetched by a task of this process, by (blob digest, chunk index): the
+# in-process half of single-flight (file locks are the cross-process half).
+_INFLIGHT: dict[tuple[str, int], trio.Event] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +131,6 @@ class BlobReader:
         self.chunks = chunks
         self.cache = cache
         self.limiter = limiter
-        self._inflight: dict[int, trio.Event] = {}
 
     # -- sync side (worker threads) ------------------------------------------
 
@@ -121,6 +159,12 @@ class BlobReader:
 
     # -- async side (the trio loop) ------------------------------------------
 
+    async def fetch_background(self, first: int, last: int) -> None:
+        """Bring chunks ``first..last`` into the cache once no foreground read is
+        fetching (prefetch runs below foreground reads in priority)."""
+        await FOREGROUND.wait_idle()
+        await self._read_chunks(first, last)
+
     async def read(self, offset: int, size: int) -> bytes:
         """``size`` bytes at ``offset`` of the blob (compressed offsets), verified.
 
@@ -132,14 +176,16 @@ class BlobReader:
         if size == 0:
             return b""
         first, last = self._chunk_range(offset, size)
-        parts = await self._read_chunks(first, last)
+        with FOREGROUND.active():
+            parts = await self._read_chunks(first, last)
         return self._slice(parts, first, offset, size)
 
     async def prefetch(self, offset: int, size: int) -> None:
         """Make sure the chunks covering the range are in the cache."""
         size = max(0, min(size, self.chunks.blob_size - offset))
         if size:
-            await self._read_chunks(*self._chunk_range(offset, size))
+            with FOREGROUND.active():
+                await self._read_chunks(*self._chunk_range(offset, size))
 
     def _chunk_range(self, offset: int, size: int) -> tuple[int, int]:
         cs = self.chunks.chunk_size
@@ -151,26 +197,27 @@ class BlobReader:
 
     async def _read_chunks(self, first: int, last: int) -> list[bytes]:
         wanted = range(first, last + 1)
+        digest = self.desc.digest
         got: dict[int, bytes] = {}
         while len(got) < len(wanted):
             missing = [i for i in wanted if i not in got]
-            waits = [self._inflight[i] for i in missing if i in self._inflight]
-            mine = [i for i in missing if i not in self._inflight]
+            waits = [_INFLIGHT[digest, i] for i in missing if (digest, i) in _INFLIGHT]
+            mine = [i for i in missing if (digest, i) not in _INFLIGHT]
             if mine:
                 events = {i: trio.Event() for i in mine}
-                self._inflight.update(events)
+                _INFLIGHT.update({(digest, i): e for i, e in events.items()})
                 try:
                     got.update(await self._load(mine))
                 finally:
                     for i, event in events.items():
-                        del self._inflight[i]
+                        del _INFLIGHT[digest, i]
                         event.set()
             for event in waits:
                 await event.wait()
             if waits:
                 # Another reader fetched these: they are in the disk cache now (or
                 # that reader failed, and the next round fetches them here).
-                pending = [i for i in missing if i not in got and i not in self._inflight]
+                pending = [i for i in missing if i not in got and (digest, i) not in _INFLIGHT]
                 got.update(await self._from_disk(pending))
         return [got[i] for i in wanted]
 
@@ -188,11 +235,54 @@ class BlobReader:
         return await trio.to_thread.run_sync(work, limiter=self.limiter)
 
     async def _load(self, indexes: list[int]) -> dict[int, bytes]:
+        """Chunks from the disk cache, else fetched by this process while it holds their
+        cross-process locks; chunks another process is fetching are waited for."""
         got = await self._from_disk(indexes)
-        missing = [i for i in indexes if i not in got]
-        for run in _runs(missing):
-            got.update(await self._fetch_run(run[0], run[-1]))
+        pending = [i for i in indexes if i not in got]
+        deadline = trio.current_time() + LOCK_WAIT_S
+        while pending:
+            if trio.current_time() > deadline:
+                # A holder that hangs must not hang us: fetch without the locks.
+                log.warning("blob %s: gave up waiting for another process", self.desc.digest)
+                for run in _runs(pending):
+                    got.update(await self._fetch_run(run[0], run[-1]))
+                break
+            claimed, found = await trio.to_thread.run_sync(
+                self._claim, pending, limiter=self.limiter
+            )
+            got.update(found)
+            try:
+                for run in _runs([i for i in claimed if i not in found]):
+                    got.update(await self._fetch_run(run[0], run[-1]))
+            finally:
+                locks = list(claimed.values())
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(_release, locks, limiter=self.limiter)
+            pending = [i for i in pending if i not in got]
+            if pending:
+                await trio.sleep(LOCK_POLL_S)
         return got
+
+    def _claim(
+        self, indexes: list[int]
+    ) -> tuple[dict[int, filelock.BaseFileLock], dict[int, bytes]]:
+        """Take the locks of the chunks no other process is fetching; of those, return
+        the ones found in the cache meanwhile (their locks released at once)."""
+        claimed: dict[int, filelock.BaseFileLock] = {}
+        found: dict[int, bytes] = {}
+        for i in indexes:
+            lock = self.cache.chunk_lock(self.desc.digest, i)
+            try:
+                lock.acquire(timeout=0)
+            except filelock.Timeout:
+                continue
+            data = self.cached_chunk(i)
+            if data is None:
+                claimed[i] = lock
+            else:
+                lock.release()
+                found[i] = data
+        return claimed, found
 
     async def _fetch_run(self, first: int, last: int) -> dict[int, bytes]:
         start, _ = self.chunks.span(first)
@@ -216,10 +306,16 @@ class BlobReader:
         return await trio.to_thread.run_sync(verify_and_store, limiter=self.limiter)
 
 
+def _release(locks: list[filelock.BaseFileLock]) -> None:
+    for lock in locks:
+        lock.release()
+
+
 def _runs(indexes: list[int]) -> list[list[int]]:
+    """Adjacent indexes grouped into runs of at most :data:`MAX_RUN_CHUNKS`."""
     runs: list[list[int]] = []
     for i in sorted(indexes):
-        if runs and runs[-1][-1] == i - 1:
+        if runs and runs[-1][-1] == i - 1 and len(runs[-1]) < MAX_RUN_CHUNKS:
             runs[-1].append(i)
         else:
             runs.append([i])

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+import filelock
 import trio
 
 from ocifs.cache import ChunkCache
@@ -40,6 +41,7 @@ __all__ = ["Layer", "LayerIndex", "open_layer"]
 log = logging.getLogger(__name__)
 
 INDEX_VERSION = 2
+INDEX_LOCK_POLL_S = 0.05
 KIND_TAR = "tar"
 KIND_GZIP = "gzip"
 
@@ -113,13 +115,22 @@ class Layer:
         entries: list[LayerEntry],
         read_stream: Callable[[int, int], Awaitable[bytes]] | None = None,
         read_entry: Callable[[LayerEntry, int, int], Awaitable[bytes]] | None = None,
+        uncompressed_size: int = 0,
+        blob: BlobReader | None = None,
+        landmark: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         if (read_stream is None) == (read_entry is None):
             raise ValueError("a layer reads by stream offset or by entry, not both")
         self.desc = desc
         self.entries = entries
+        # Length in bytes of the uncompressed tar stream (the diffID's input); 0 if unknown.
+        self.uncompressed_size = uncompressed_size
         self._read_stream = read_stream
         self._read_entry = read_entry
+        # The verified chunk reader of the whole blob, for whole-layer prefetch, and
+        # the format's start-up prefetch (eStargz: files before .prefetch.landmark).
+        self.blob = blob
+        self.landmark = landmark
 
     async def read(self, entry: LayerEntry, offset: int, size: int) -> bytes:
         """``size`` bytes (fewer at the end) at ``offset`` of ``entry``'s content,
@@ -164,16 +175,58 @@ async def open_layer(
     is not a valid (gzip'd) tar, :class:`UnsupportedError` for other media types.
     """
     kind = layer_kind(desc, what)
-    index = await trio.to_thread.run_sync(_load_cached, cache, desc.digest, limiter=limiter)
-    if index is None or index.kind != kind:
-        index = await _build(source, desc, diff_id, kind, cache, limiter, what)
+    index = await _cached_or_built(source, desc, diff_id, kind, cache, limiter, what)
     blob = BlobReader(source, desc, index.chunks, cache, limiter)
     if kind == KIND_GZIP:
         gz = GzipLayerReader(
             blob, index.gzip_index, index.points, index.uncompressed_size, spans, limiter
         )
-        return Layer(desc, index.entries, read_stream=gz.read)
-    return Layer(desc, index.entries, read_stream=blob.read)
+        read = gz.read
+    else:
+        read = blob.read
+    return Layer(
+        desc,
+        index.entries,
+        read_stream=read,
+        uncompressed_size=index.uncompressed_size,
+        blob=blob,
+    )
+
+
+async def _cached_or_built(
+    source: ImageSource,
+    desc: Descriptor,
+    diff_id: str,
+    kind: str,
+    cache: ChunkCache,
+    limiter: trio.CapacityLimiter,
+    what: str,
+) -> LayerIndex:
+    """The layer's index from the cache, else built while holding the blob's lock, so
+    that of several processes mounting the same layer one streams it, the rest wait."""
+
+    def cached() -> LayerIndex | None:
+        index = _load_cached(cache, desc.digest)
+        return index if index is not None and index.kind == kind else None
+
+    index = await trio.to_thread.run_sync(cached, limiter=limiter)
+    if index is not None:
+        return index
+    lock = cache.blob_lock(desc.digest)
+    while True:
+        try:
+            await trio.to_thread.run_sync(lambda: lock.acquire(timeout=0), limiter=limiter)
+            break
+        except filelock.Timeout:
+            await trio.sleep(INDEX_LOCK_POLL_S)
+    try:
+        index = await trio.to_thread.run_sync(cached, limiter=limiter)
+        if index is None:
+            index = await _build(source, desc, diff_id, kind, cache, limiter, what)
+        return index
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(lock.release, limiter=limiter)
 
 
 def _load_cached(cache: ChunkCache, digest: str) -> LayerIndex | None:
@@ -182,10 +235,13 @@ def _load_cached(cache: ChunkCache, digest: str) -> LayerIndex | None:
         return None
     gz = cache.get_index(digest, "gzidx") or b""
     try:
-        return LayerIndex.from_bytes(data, digest, gz)
+        index = LayerIndex.from_bytes(data, digest, gz)
     except (ValueError, KeyError, TypeError, IndexError, OSError, EOFError) as exc:
         log.warning("cache: ignoring unreadable index of %s (%s)", digest, exc)
         return None
+    if index.kind == KIND_GZIP and not gz:
+        return None  # the seek index part was evicted: rebuild both
+    return index
 
 
 async def _build(
@@ -197,7 +253,7 @@ async def _build(
     limiter: trio.CapacityLimiter,
     what: str,
 ) -> LayerIndex:
-    fd, tmp = tempfile.mkstemp(dir=cache.scratch_dir(), prefix="blob-")
+    fd, tmp = tempfile.mkstemp(dir=cache.scratch_dir(), prefix=cache.scratch_prefix("blob"))
     try:
         chunks = await _download(source, desc, os.fdopen(fd, "wb"), what)
 
