@@ -147,10 +147,16 @@ class ImageFS(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         node = self._node(fh)
         assert node.children is not None
-        names = node.names
-        for i in range(start_id, len(names)):
-            child = node.children[names[i]]
-            if not pyfuse3.readdir_reply(token, os.fsencode(names[i]), self._attr(child), i + 1):
+        # Offsets: 0 is ".", 1 is "..", then the sorted names; each reply carries the
+        # offset to resume from, so a large directory lists across several calls.
+        dots = [(b".", node), (b"..", node.parent or node)]
+        for pos in range(start_id, len(node.names) + 2):
+            if pos < 2:
+                name, child = dots[pos]
+            else:
+                text = node.names[pos - 2]
+                name, child = os.fsencode(text), node.children[text]
+            if not pyfuse3.readdir_reply(token, name, self._attr(child), pos + 1):
                 break
 
     async def releasedir(self, fh: int) -> None:

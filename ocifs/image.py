@@ -91,6 +91,10 @@ async def resolve(
         raise ManifestError(
             f"{what}: config lists {len(config.diff_ids)} diffIDs for {len(manifest.layers)} layers"
         )
+    have = config.platform
+    if platform is not None and have is not None and not platform.matches(have):
+        # One image, not an index: nothing to choose from. podman warns the same way.
+        log.warning("%s: the image is for %s, not the requested %s", what, have, platform)
     return manifest, config
 
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import signal
+import stat
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,9 +26,11 @@ from ocifs.oci import Platform
 from ocifs.prefetch import PrefetchMode, prefetch
 from ocifs.sources.base import ImageSource
 
-__all__ = ["MountOptions", "check_mountpoint", "run_mount", "unmount"]
+__all__ = ["MountOptions", "check_mountpoint", "run_mount", "unmount", "unmount_ocifs"]
 
 log = logging.getLogger(__name__)
+
+FSTYPE = "fuse.ocifs"
 
 
 @dataclass(slots=True)
@@ -40,25 +44,44 @@ class MountOptions:
     prefetch: PrefetchMode = PrefetchMode.LANDMARK
 
 
-def check_mountpoint(path: Path) -> None:
-    """Refuse a mount point that is missing, not a directory, or not empty.
+def _mount_type(path: Path) -> str | None:
+    """The file system type mounted at ``path`` (``fuse.ocifs``...), or None."""
+    target = os.fsencode(path)
+    with open("/proc/self/mountinfo", "rb") as fh:
+        for line in fh:
+            fields = line.split()
+            # proc(5): mount points escape space, tab, newline and backslash as \ooo.
+            point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), fields[4])
+            if point == target:
+                return os.fsdecode(fields[fields.index(b"-") + 1])
+    return None
 
-    A stale ocifs mount left by a killed daemon (``ENOTCONN``) is unmounted first.
+
+def check_mountpoint(path: Path) -> None:
+    """Refuse a mount point that is missing, not a directory, not empty, or in use.
+
+    A stale ocifs mount left by a killed daemon (its file system answers
+    ``ENOTCONN``) is unmounted first, as the user would with ``fusermount3 -u -z``.
     Raises :class:`MountError`.
     """
+    fstype = _mount_type(path)
+    if fstype is not None and fstype.startswith("fuse"):
+        try:
+            os.statvfs(path)  # never answered from the kernel's caches
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:
+                raise MountError(f"mount point {path}: {exc.strerror}") from None
+            log.warning("%s: cleaning up the stale mount of a dead daemon", path)
+            unmount(path, lazy=True)
+            fstype = None
+    if fstype is not None:
+        raise MountError(f"mount point {path} is already a mount point ({fstype})")
     try:
         st = path.stat()
     except OSError as exc:
-        if exc.errno == errno.ENOTCONN:
-            log.warning("%s: cleaning up a stale mount", path)
-            unmount(path, lazy=True)
-            st = path.stat()
-        else:
-            raise MountError(f"mount point {path}: {exc.strerror}") from None
-    if not os.path.isdir(path) or not (st.st_mode & 0o040000):
+        raise MountError(f"mount point {path}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
         raise MountError(f"mount point {path} is not a directory")
-    if os.path.ismount(path):
-        raise MountError(f"mount point {path} is already a mount point")
     if any(path.iterdir()):
         raise MountError(f"mount point {path} is not empty")
 
@@ -72,7 +95,20 @@ def unmount(path: Path, lazy: bool = False) -> None:
         raise MountError("fusermount3 not found: install the fuse3 package") from None
     if result.returncode != 0:
         reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"
+        if "busy" in reason.lower():
+            reason += " (a process is using it; `ocifs umount -z` detaches it lazily)"
         raise MountError(f"cannot unmount {path}: {reason}")
+
+
+def unmount_ocifs(path: Path, lazy: bool = False) -> None:
+    """Unmount an ocifs mount (live or left stale by a dead daemon); refuse any other
+    mount. Raises :class:`MountError`."""
+    fstype = _mount_type(path)
+    if fstype is None:
+        raise MountError(f"{path} is not mounted")
+    if fstype != FSTYPE:
+        raise MountError(f"{path} is not an ocifs mount ({fstype})")
+    unmount(path, lazy=lazy)
 
 
 async def run_mount(source: ImageSource, opts: MountOptions, ready: Callable[[str], None]) -> None:
@@ -85,9 +121,14 @@ async def run_mount(source: ImageSource, opts: MountOptions, ready: Callable[[st
     limiter = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
     try:
         image = await open_image(source, cache, limiter, opts.platform)
-        fsname = f"ocifs:{source.describe()}@{image.manifest.digest}"
+        name = source.describe()
+        fsname = (
+            f"ocifs:{name}"
+            if image.manifest.digest in name
+            else f"ocifs:{name}@{image.manifest.digest}"
+        )
         options = set(pyfuse3.default_options)
-        options |= {f"fsname={fsname}", "subtype=ocifs", "ro"}
+        options |= {f"fsname={fsname}", f"subtype={FSTYPE.split('.')[1]}", "ro"}
         try:
             pyfuse3.init(ImageFS(image), str(opts.mountpoint), options)
         except RuntimeError as exc:

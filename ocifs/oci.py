@@ -98,6 +98,14 @@ class Platform:
     def __str__(self) -> str:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
 
+    def matches(self, other: Platform) -> bool:
+        """Same os and architecture, and same variant where both name one."""
+        return (
+            self.os == other.os
+            and self.architecture == other.architecture
+            and (not self.variant or not other.variant or self.variant == other.variant)
+        )
+
 
 def host_platform() -> Platform:
     """The platform of this host in OCI spelling (``linux/amd64``, ``linux/arm64/v8``)."""
@@ -189,6 +197,7 @@ class ImageConfig:
     digest: str
     diff_ids: tuple[str, ...]
     raw: bytes = field(repr=False, compare=False)
+    platform: Platform | None = None
 
 
 def _load_json(raw: bytes, what: str) -> dict[str, Any]:
@@ -280,4 +289,8 @@ def parse_config(raw: bytes, digest: str, what: str) -> ImageConfig:
     diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
     if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
         raise ManifestError(f"{what}: config without rootfs.diff_ids")
-    return ImageConfig(digest, tuple(diff_ids), raw)
+    os_, arch, variant = obj.get("os"), obj.get("architecture"), obj.get("variant")
+    plat = None
+    if isinstance(os_, str) and isinstance(arch, str) and os_ and arch:
+        plat = Platform(os_, arch, variant if isinstance(variant, str) else "")
+    return ImageConfig(digest, tuple(diff_ids), raw, plat)

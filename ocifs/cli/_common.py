@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -72,9 +73,10 @@ def setup_logging(verbose: int, log_file: Path | None = None) -> None:
     logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
-def add_image_options(p: argparse.ArgumentParser) -> None:
-    """The options of every command that reads an image."""
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv)")
+def add_image_options(p: argparse.ArgumentParser, *, short_verbose: bool = True) -> None:
+    """The options of every command that reads an image (``grep`` keeps ``-v`` for itself)."""
+    verbose = ("-v", "--verbose") if short_verbose else ("--verbose",)
+    p.add_argument(*verbose, action="count", default=0, help="more logging (-vv)")
     p.add_argument("--insecure", action="store_true", help="allow plain HTTP / no TLS check")
     p.add_argument("--creds", metavar="USER:PASS", help="registry credentials")
     p.add_argument("--authfile", metavar="FILE", help="auth file (containers-auth.json)")
@@ -86,7 +88,19 @@ def add_image_options(p: argparse.ArgumentParser) -> None:
         type=parse_size,
         help="cache size bound, e.g. 10G (default: 10 GiB or 10%% of the disk, if less)",
     )
-    p.add_argument("--timeout", type=float, default=30.0, help="network timeout, seconds")
+    p.add_argument(
+        "--timeout", type=_seconds, default=30.0, help="network timeout, seconds (default 30)"
+    )
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: seconds > 0 expected")
+    return value
 
 
 def parse_size(text: str) -> int:
@@ -105,6 +119,8 @@ def source_options(args: argparse.Namespace) -> SourceOptions:
         if not sep or not user:
             raise OcifsError("--creds must be USER:PASSWORD")
         creds = (user, password)
+    if args.authfile is not None and not os.path.isfile(args.authfile):
+        raise OcifsError(f"--authfile {args.authfile}: no such file")
     return SourceOptions(
         insecure=args.insecure,
         creds=creds,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import logging
 import os
 import sys
@@ -19,7 +20,8 @@ from ocifs.cli._common import (
     source_options,
     state_dir,
 )
-from ocifs.mount import MountOptions, check_mountpoint, run_mount, unmount
+from ocifs.errors import OcifsError
+from ocifs.mount import MountOptions, check_mountpoint, run_mount, unmount_ocifs
 from ocifs.prefetch import PrefetchMode
 from ocifs.sources import check_reference, open_source
 
@@ -57,35 +59,65 @@ def _cmd_mount(args: argparse.Namespace) -> int:
     return _daemonize(args, mountpoint, serve)
 
 
+class _EarlyWarnings(logging.Handler):
+    """Collects the warnings a daemon logs before the mount is ready, to show them on
+    the terminal of the ``ocifs mount`` that started it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def _default_log_file(mountpoint: Path) -> Path:
+    tag = hashlib.sha256(os.fsencode(mountpoint)).hexdigest()[:8]
+    return state_dir() / f"mount-{mountpoint.name or 'root'}-{tag}.log"
+
+
 def _daemonize(args: argparse.Namespace, mountpoint: Path, serve: object) -> int:
     """Fork a daemon that mounts; return once it says the tree is ready (or why not).
 
     The credentials stay in memory across the fork: never on a command line.
     """
-    log_file = Path(args.log_file) if args.log_file else state_dir() / "mount.log"
+    if args.log_file:
+        log_file = Path(args.log_file).absolute()
+        if not log_file.parent.is_dir():
+            raise OcifsError(f"--log-file {args.log_file}: no such directory {log_file.parent}")
+    else:
+        log_file = _default_log_file(mountpoint)
+        log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid > 0:
         os.close(write_fd)
         with os.fdopen(read_fd, "rb") as pipe:
-            message = pipe.read().decode("utf-8", "replace").strip()
-        if message.startswith("ok"):
+            lines = pipe.read().decode("utf-8", "replace").splitlines()
+        if lines and lines[0].startswith("ok"):
+            for line in lines[1:]:
+                print(f"ocifs: warning: {line}", file=sys.stderr)
             return 0
         os.waitpid(pid, 0)
-        print(f"ocifs: {message or f'mount daemon failed; see {log_file}'}", file=sys.stderr)
+        message = lines[0] if lines else f"mount daemon failed; see {log_file}"
+        print(f"ocifs: {message}", file=sys.stderr)
         return 1
     # The daemon.
     os.close(read_fd)
     os.setsid()
     status = 1
+    early = _EarlyWarnings()
     try:
         setup_logging(max(args.verbose, 1), log_file)
+        logging.getLogger().addHandler(early)
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
 
         def ready(fsname: str) -> None:
-            os.write(write_fd, f"ok {fsname}\n".encode())
+            logging.getLogger().removeHandler(early)
+            report = "\n".join([f"ok {fsname}", *early.lines]) + "\n"
+            os.write(write_fd, report.encode())
             os.close(write_fd)
 
         serve(ready)  # type: ignore[operator]
@@ -100,7 +132,7 @@ def _daemonize(args: argparse.Namespace, mountpoint: Path, serve: object) -> int
 
 
 def _cmd_umount(args: argparse.Namespace) -> int:
-    unmount(Path(args.dir).absolute(), lazy=args.lazy)
+    unmount_ocifs(Path(args.dir).absolute(), lazy=args.lazy)
     return 0
 
 

@@ -2,7 +2,7 @@
 
 A blob is cut into fixed-size chunks of its *compressed* (as stored) bytes; the
 sha256 of every chunk is recorded while the layer index is built from a stream
-whose blob digest was verified (DESIGN.md "Trust"). A read asks for the chunks
+whose blob digest was verified (every served byte is checked). A read asks for the chunks
 it covers: cached ones are read from disk and re-verified, missing ones are
 fetched with one range request per run of adjacent chunks, verified before a
 byte is served or cached, and shared by every concurrent reader (single-flight).
