@@ -28,7 +28,6 @@ import contextlib
 import os
 import shutil
 import sqlite3
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -38,6 +37,7 @@ from pathlib import Path
 import filelock
 
 from ocifs.errors import OcifsError
+from ocifs.fileutil import write_atomic
 
 __all__ = ["CacheEntry", "ChunkCache", "default_cache_dir", "default_cache_max"]
 
@@ -399,18 +399,7 @@ class ChunkCache:
                     path.unlink()
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
-        path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=self.scratch_prefix(".tmp"))
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.rename(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_atomic(path, data, prefix=self.scratch_prefix(".tmp"), mode=DIR_MODE)
 
 
 def _alive(pid: int) -> bool:

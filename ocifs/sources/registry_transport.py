@@ -286,9 +286,11 @@ class RegistryTransport:
         what: str,
         not_found: str,
         headers: dict[str, str] | None = None,
+        content: bytes | None = None,
     ) -> httpx.Response:
         """Send one request and return the final response (status < 300) with its
-        body not yet read; the caller must ``aclose()`` it.
+        body not yet read; the caller must ``aclose()`` it. ``content`` is the request
+        body (sent again after a redirect or re-authentication).
 
         Follows redirects by hand, sending ``Authorization`` only to the registry's
         own scheme+host+port; answers one 401 from the registry by authenticating
@@ -307,7 +309,9 @@ class RegistryTransport:
                 auth = await self._current_authorization(what)
                 if auth is not None:
                     send_headers["Authorization"] = auth
-            request = self._client.build_request(method, target, headers=send_headers)
+            request = self._client.build_request(
+                method, target, headers=send_headers, content=content
+            )
             resp = await self._client.send(request, stream=True)
             log.debug("%s %s -> %d", method, safe_url(target), resp.status_code)
             status = resp.status_code
