@@ -1,7 +1,8 @@
 """Registry credentials and authentication challenges.
 
 Credentials are looked up in skopeo's order (containers-auth.json(5)): an explicit
-``--authfile`` or ``$REGISTRY_AUTH_FILE``, ``$XDG_RUNTIME_DIR/containers/auth.json``,
+``--authfile`` or ``$REGISTRY_AUTH_FILE``, ``$XDG_RUNTIME_DIR/containers/auth.json``
+(without ``$XDG_RUNTIME_DIR``: ``/run/containers/<uid>/auth.json``),
 ``~/.config/containers/auth.json``, then Docker's ``$DOCKER_CONFIG/config.json`` or
 ``~/.docker/config.json`` (``auths``, ``credHelpers``, ``credsStore``). Explicit
 ``creds`` win over all files. Challenges are parsed per RFC 7235 section 4.1; the token
@@ -32,8 +33,10 @@ __all__ = [
     "auth_file_candidates",
     "basic_authorization",
     "find_credentials",
+    "normalize_key",
     "parse_token_response",
     "parse_www_authenticate",
+    "primary_auth_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,14 +87,37 @@ def auth_file_candidates(
         return [(Path(explicit), False)]
     home = Path(env.get("HOME") or Path.home())
     files: list[tuple[Path, bool]] = []
-    runtime = env.get("XDG_RUNTIME_DIR")
-    if runtime:
-        files.append((Path(runtime) / "containers" / "auth.json", False))
+    primary = primary_auth_file(None, env)
+    # podman's per-uid file under /run only when its directory is there (and ours).
+    if env.get("XDG_RUNTIME_DIR") or primary.parent.is_dir():
+        files.append((primary, False))
     config_home = env.get("XDG_CONFIG_HOME") or str(home / ".config")
     files.append((Path(config_home) / "containers" / "auth.json", False))
     docker_dir = env.get("DOCKER_CONFIG")
     files.append(((Path(docker_dir) if docker_dir else home / ".docker") / "config.json", True))
     return files
+
+
+def primary_auth_file(
+    authfile: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> Path:
+    """The file ``ocifs login`` writes, as podman chooses it: ``authfile``, else
+    ``$REGISTRY_AUTH_FILE``, else ``$XDG_RUNTIME_DIR/containers/auth.json``, else
+    ``/run/containers/<uid>/auth.json``."""
+    env = os.environ if env is None else env
+    explicit = authfile if authfile is not None else env.get("REGISTRY_AUTH_FILE")
+    if explicit:
+        return Path(explicit)
+    runtime = env.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / "containers" / "auth.json"
+    return Path(f"/run/containers/{os.getuid()}/auth.json")
+
+
+def normalize_key(key: str) -> str:
+    """An auth-file key in podman's form: ``registry[/repo]``, Docker Hub as
+    ``docker.io``, without scheme or ``/v1/``-style suffix."""
+    return _normalize_key(key)
 
 
 def _normalize_key(key: str) -> str:

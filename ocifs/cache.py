@@ -4,7 +4,8 @@ and shared by every ocifs process on the host that uses the same directory.
 Layout under the cache directory (default ``$XDG_CACHE_HOME/ocifs``)::
 
     chunks/<algo>/<hex[:2]>/<hex>/<chunk-index>   verified compressed blob chunks
-    indexes/<algo>/<hex>.<suffix>                 layer indexes, keyed by blob digest
+    indexes/<algo>/<hex>.<suffix>                 layer indexes, manifests, configs, by digest
+    records/<sha256 of key>.json                  small records: what each tag resolved to
     locks/...                                     lock files (cross-process single-flight)
     tmp/                                          scratch files of index builds
     cache.db                                      sizes and last use of every entry (SQLite)
@@ -25,19 +26,20 @@ All methods do blocking file I/O: call them from a worker thread.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import filelock
 
 from ocifs.errors import OcifsError
-from ocifs.fileutil import write_atomic
+from ocifs.fileutil import make_dirs, write_atomic
 
 __all__ = ["CacheEntry", "ChunkCache", "default_cache_dir", "default_cache_max"]
 
@@ -100,8 +102,18 @@ class ChunkCache:
         self.max_bytes = max_bytes if max_bytes is not None else default_cache_max(root)
         try:
             root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            owner = root.stat().st_uid
+            if owner != os.geteuid():
+                # Another user's cache could feed us chunks it planted, or read ours.
+                raise OcifsError(
+                    f"cache directory {root} belongs to uid {owner}, not to this user "
+                    f"(uid {os.geteuid()}): refusing to use it"
+                )
             os.chmod(root, DIR_MODE)
             fresh = not (root / "cache.db").exists()
+            if fresh:
+                # SQLite creates its -wal and -shm files with the database's mode.
+                os.close(os.open(root / "cache.db", os.O_CREAT | os.O_WRONLY, 0o600))
             self._db = sqlite3.connect(
                 root / "cache.db", timeout=60.0, isolation_level=None, check_same_thread=False
             )
@@ -119,6 +131,9 @@ class ChunkCache:
         except (OSError, sqlite3.Error) as exc:
             raise OcifsError(f"cannot use cache directory {root}: {exc}") from None
         self._lock = threading.Lock()
+        # Lookups of this process, for ``ocifs mounts`` (approximate: not locked).
+        self.chunk_hits = 0
+        self.chunk_misses = 0
         self._touched: dict[str, float] = {}
         self._last_flush = time.monotonic()
         self._remove_stale_temp_files()
@@ -143,15 +158,26 @@ class ChunkCache:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
+            self.chunk_misses += 1
             return None
+        self.chunk_hits += 1
         self._touch(path)
         return data
 
     def put_chunk(self, digest: str, index: int, data: bytes) -> bool:
-        """Store chunk ``index`` of blob ``digest`` atomically (temp + fsync + rename),
+        """Store chunk ``index`` of blob ``digest`` atomically (temp + rename),
         evicting least recently used entries to stay within the bound. Returns False
         (storing nothing) when the chunk alone is larger than the bound."""
-        return self._store(self._chunk_path(digest, index), digest, KIND_CHUNK, data)
+        return self.put_chunks(digest, [(index, data)])
+
+    def put_chunks(self, digest: str, chunks: Iterable[tuple[int, bytes]]) -> bool:
+        """Store several chunks of blob ``digest`` in one database transaction.
+
+        Chunk files are not fsync'ed: every read checks a chunk against its digest, so a
+        chunk torn by a crash is dropped and refetched then, and bulk fills (a layer's
+        whole stream) cost no disk flush per chunk."""
+        items = [(self._chunk_path(digest, i), data) for i, data in chunks]
+        return self._store_many(items, digest, KIND_CHUNK, durable=False)
 
     def drop_chunk(self, digest: str, index: int) -> None:
         """Remove a chunk found corrupt; absent is fine."""
@@ -170,7 +196,7 @@ class ChunkCache:
 
     def _lock_file(self, rel: Path) -> filelock.BaseFileLock:
         path = self.root / "locks" / rel
-        path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        make_dirs(path.parent, DIR_MODE)
         return filelock.FileLock(path, mode=0o600, thread_local=False, is_singleton=False)
 
     # -- layer indexes --------------------------------------------------------
@@ -193,6 +219,27 @@ class ChunkCache:
     def put_index(self, digest: str, suffix: str, data: bytes) -> bool:
         """Store an index part atomically; counts against the bound like chunks."""
         return self._store(self.index_path(digest, suffix), digest, KIND_INDEX, data)
+
+    # -- small records (what a tag last resolved to) -----------------------------
+
+    def _record_path(self, key: str) -> Path:
+        return self.root / "records" / (hashlib.sha256(key.encode()).hexdigest() + ".json")
+
+    def get_record(self, key: str) -> bytes | None:
+        """The small record stored under ``key``, or None. Records are not
+        content-addressed and not counted against the bound; :meth:`clear` drops them."""
+        try:
+            return self._record_path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def put_record(self, key: str, data: bytes) -> None:
+        """Store a small record atomically (temp + fsync + rename)."""
+        self._write_atomic(self._record_path(key), data)
+
+    def record_lock(self, key: str) -> filelock.BaseFileLock:
+        """The lock held around a read-modify-write of the record ``key``."""
+        return self._lock_file(Path("records") / hashlib.sha256(key.encode()).hexdigest())
 
     def scratch_dir(self) -> Path:
         """A private directory for temporary files (layer downloads during index builds);
@@ -240,7 +287,7 @@ class ChunkCache:
     def clear(self) -> int:
         """Remove every chunk and index; returns the bytes freed."""
         freed = self.prune(0)
-        for sub in ("chunks", "indexes", "locks"):
+        for sub in ("chunks", "indexes", "locks", "records"):
             shutil.rmtree(self.root / sub, ignore_errors=True)
         return freed
 
@@ -284,19 +331,30 @@ class ChunkCache:
                 yield KIND_INDEX, index, f"{index.parts[-2]}:{index.name.split('.')[0]}"
 
     def _store(self, path: Path, digest: str, kind: str, data: bytes) -> bool:
-        if len(data) > self.max_bytes:
+        return self._store_many([(path, data)], digest, kind, durable=True)
+
+    def _store_many(
+        self, items: list[tuple[Path, bytes]], digest: str, kind: str, durable: bool
+    ) -> bool:
+        if sum(len(data) for _, data in items) > self.max_bytes:
             return False
-        self._write_atomic(path, data)
+        for path, data in items:
+            write_atomic(
+                path, data, prefix=self.scratch_prefix(".tmp"), mode=DIR_MODE, durable=durable
+            )
+        now = time.time()
+        paths = [str(path) for path, _ in items]
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._forget([str(path)])
-                self._db.execute(
+                self._forget(paths)
+                self._db.executemany(
                     "INSERT INTO entries VALUES (?, ?, ?, ?, ?)",
-                    (str(path), digest, kind, len(data), time.time()),
+                    [(str(p), digest, kind, len(d), now) for p, d in items],
                 )
-                self._db.execute("UPDATE total SET bytes = bytes + ?", (len(data),))
-                victims = self._evict_rows(self.max_bytes, keep=str(path))
+                added = sum(len(data) for _, data in items)
+                self._db.execute("UPDATE total SET bytes = bytes + ?", (added,))
+                victims = self._evict_rows(self.max_bytes, keep=paths)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -315,16 +373,17 @@ class ChunkCache:
         self._db.execute("UPDATE total SET bytes = bytes - ?", (freed,))
         return freed
 
-    def _evict_rows(self, limit: int, keep: str) -> list[str]:
-        """Forget least recently used rows until the total is at most ``limit`` bytes;
-        return their paths, to unlink once the transaction is committed."""
+    def _evict_rows(self, limit: int, keep: list[str]) -> list[str]:
+        """Forget least recently used rows (but ``keep``) until the total is at most
+        ``limit`` bytes; return their paths, to unlink once the transaction commits."""
         excess = int(self._db.execute("SELECT bytes FROM total").fetchone()[0]) - limit
         if excess <= 0:
             return []
+        kept = set(keep)
         victims: list[str] = []
-        for path, size in self._db.execute(
-            "SELECT path, size FROM entries WHERE path != ? ORDER BY used", (keep,)
-        ).fetchall():
+        for path, size in self._db.execute("SELECT path, size FROM entries ORDER BY used"):
+            if path in kept:
+                continue
             victims.append(path)
             excess -= size
             if excess <= 0:
@@ -336,7 +395,7 @@ class ChunkCache:
         before = self.usage_locked()
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            victims = self._evict_rows(limit, keep="")
+            victims = self._evict_rows(limit, keep=[])
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -389,6 +448,7 @@ class ChunkCache:
         candidates = list((self.root / "tmp").glob("*-*-*"))
         candidates += (self.root / "chunks").glob("*/*/*/.tmp-*")
         candidates += (self.root / "indexes").glob("*/.tmp-*")
+        candidates += (self.root / "records").glob(".tmp-*")
         for path in candidates:
             parts = path.name.lstrip(".").split("-")
             if len(parts) < 3 or not parts[1].isdigit():

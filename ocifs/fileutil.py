@@ -9,23 +9,42 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["write_atomic"]
+__all__ = ["make_dirs", "write_atomic"]
+
+
+def make_dirs(path: Path, mode: int = 0o700) -> None:
+    """``mkdir -p`` giving every directory it makes ``mode`` (pathlib's
+    ``parents=True`` makes the intermediate ones with the default mode)."""
+    missing = []
+    while not path.is_dir() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    for new in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            new.mkdir(mode=mode)
 
 
 def write_atomic(
-    path: Path, data: bytes | Iterable[bytes], prefix: str = ".tmp-", mode: int = 0o700
+    path: Path,
+    data: bytes | Iterable[bytes],
+    prefix: str = ".tmp-",
+    mode: int = 0o700,
+    durable: bool = True,
 ) -> None:
     """Write ``data`` (bytes, or pieces of bytes) to ``path`` atomically; missing
     parent directories are made with ``mode``. Temp files are named ``prefix*``.
+    ``durable=False`` skips the fsync: for content checked against a digest on every
+    read, where a torn file after a crash is caught then, not served.
     Blocking: call from a worker thread."""
-    path.parent.mkdir(mode=mode, parents=True, exist_ok=True)
+    make_dirs(path.parent, mode)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix)
     try:
         with os.fdopen(fd, "wb") as fh:
             for piece in [data] if isinstance(data, bytes) else data:
                 fh.write(piece)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.rename(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -13,7 +13,6 @@ import errno
 import functools
 import logging
 import os
-import stat
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
@@ -33,14 +32,6 @@ log = logging.getLogger(__name__)
 CACHE_TIMEOUT_S = 24 * 3600.0
 BLOCK_SIZE_BYTES = 4096
 
-_TYPE_BITS = {
-    EntryType.REG: stat.S_IFREG,
-    EntryType.DIR: stat.S_IFDIR,
-    EntryType.SYMLINK: stat.S_IFLNK,
-    EntryType.CHAR: stat.S_IFCHR,
-    EntryType.BLOCK: stat.S_IFBLK,
-    EntryType.FIFO: stat.S_IFIFO,
-}
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -79,6 +70,7 @@ class ImageFS(pyfuse3.Operations):
         self.image = image
         self.tree = image.tree
         self._total_bytes = sum(layer.desc.size for layer in image.layers)
+        self._attrs: dict[int, pyfuse3.EntryAttributes] = {}
 
     def _node(self, inode: int) -> Node:
         try:
@@ -87,25 +79,25 @@ class ImageFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT) from None
 
     def _attr(self, node: Node) -> pyfuse3.EntryAttributes:
+        # Built once per inode: readdir of big directories and find hit this hard.
+        attr = self._attrs.get(node.ino)
+        if attr is None:
+            attr = self._attrs[node.ino] = self._make_attr(node)
+        return attr
+
+    def _make_attr(self, node: Node) -> pyfuse3.EntryAttributes:
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.ino
         attr.generation = 0
         attr.entry_timeout = CACHE_TIMEOUT_S
         attr.attr_timeout = CACHE_TIMEOUT_S
-        attr.st_mode = _TYPE_BITS[node.type] | node.mode
+        attr.st_mode = node.st_mode
         attr.st_nlink = node.nlink
         attr.st_uid = node.uid
         attr.st_gid = node.gid
         if node.type in (EntryType.CHAR, EntryType.BLOCK):
             attr.st_rdev = os.makedev(node.devmajor, node.devminor)
-        if node.type is EntryType.REG:
-            size = node.size
-        elif node.type is EntryType.SYMLINK:
-            size = len(os.fsencode(node.linkname))
-        elif node.type is EntryType.DIR:
-            size = BLOCK_SIZE_BYTES
-        else:
-            size = 0
+        size = node.st_size
         attr.st_size = size
         attr.st_blksize = BLOCK_SIZE_BYTES
         attr.st_blocks = (size + 511) // 512

@@ -16,8 +16,9 @@ import trio
 
 from ocifs.cache import ChunkCache
 from ocifs.errors import ManifestError
+from ocifs.gzindex import IndexTrust, fetch_published
 from ocifs.layers.gzip import SpanCache
-from ocifs.layers.index import Layer, open_layer
+from ocifs.layers.index import Layer, layer_kind, open_layer
 from ocifs.oci import (
     INDEX_TYPES,
     ImageConfig,
@@ -30,6 +31,7 @@ from ocifs.oci import (
     parse_manifest,
     select_platform,
 )
+from ocifs.offline import MetadataCachingSource
 from ocifs.sources import SourceOptions, open_source
 from ocifs.sources.base import ImageSource, RawManifest
 from ocifs.tree import Node, Tree, build_tree
@@ -103,10 +105,19 @@ async def open_image(
     cache: ChunkCache,
     limiter: trio.CapacityLimiter,
     platform: Platform | None = None,
+    index_trust: IndexTrust = IndexTrust.ALLOW,
 ) -> Image:
-    """Resolve the image, open each layer's index (building missing ones), merge the tree."""
+    """Resolve the image, open each layer's index (from the cache, else a published
+    gzip index artifact as ``index_trust`` allows, else built), merge the tree.
+
+    Manifests and configs are kept in the cache for offline mounts
+    (:mod:`ocifs.offline`); a layer ocifs cannot read is refused before any is opened."""
+    source = MetadataCachingSource(source, cache)
     manifest, config = await resolve(source, platform)
     what = source.describe()
+    for i, desc in enumerate(manifest.layers):
+        layer_kind(desc, f"{what} layer {i} ({desc.digest})")
+    await fetch_published(source, manifest, cache, index_trust, what)
     layers: list[Layer | None] = [None] * len(manifest.layers)
     gate = trio.Semaphore(LAYER_OPEN_CONCURRENCY)
     spans = SpanCache()
@@ -150,6 +161,7 @@ async def opened_image(
     cache_dir: Path,
     platform: Platform | None = None,
     cache_max: int | None = None,
+    index_trust: IndexTrust = IndexTrust.ALLOW,
 ) -> AsyncIterator[Image]:
     """Open the image ``ref`` names (any source ocifs reads) with the cache at
     ``cache_dir`` (bounded to ``cache_max`` bytes); the source is closed on exit."""
@@ -157,6 +169,6 @@ async def opened_image(
     try:
         cache = ChunkCache(cache_dir, cache_max)
         limiter = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
-        yield await open_image(source, cache, limiter, platform)
+        yield await open_image(source, cache, limiter, platform, index_trust)
     finally:
         await source.aclose()

@@ -21,10 +21,12 @@ import trio
 from ocifs.cache import ChunkCache
 from ocifs.errors import MountError
 from ocifs.fs import ImageFS
+from ocifs.gzindex import IndexTrust
 from ocifs.image import open_image
 from ocifs.oci import Platform
 from ocifs.prefetch import PrefetchMode, prefetch
 from ocifs.sources.base import ImageSource
+from ocifs.status import publish_status
 
 __all__ = ["MountOptions", "check_mountpoint", "run_mount", "unmount", "unmount_ocifs"]
 
@@ -42,6 +44,10 @@ class MountOptions:
     platform: Platform | None = None
     cache_max: int | None = None
     prefetch: PrefetchMode = PrefetchMode.LANDMARK
+    allow_other: bool = False  # let other users see the mount (FUSE allow_other)
+    index_trust: IndexTrust = IndexTrust.ALLOW
+    # Where the daemon publishes its status for ``ocifs mounts`` (None: nowhere).
+    status_file: Path | None = None
 
 
 def _mount_type(path: Path) -> str | None:
@@ -120,7 +126,7 @@ async def run_mount(source: ImageSource, opts: MountOptions, ready: Callable[[st
     cache = ChunkCache(opts.cache_dir, opts.cache_max)
     limiter = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
     try:
-        image = await open_image(source, cache, limiter, opts.platform)
+        image = await open_image(source, cache, limiter, opts.platform, opts.index_trust)
         name = source.describe()
         fsname = (
             f"ocifs:{name}"
@@ -129,6 +135,9 @@ async def run_mount(source: ImageSource, opts: MountOptions, ready: Callable[[st
         )
         options = set(pyfuse3.default_options)
         options |= {f"fsname={fsname}", f"subtype={FSTYPE.split('.')[1]}", "ro"}
+        # default_permissions (pyfuse3's default) has the kernel check the image's
+        # modes and owners; nosuid/nodev make setuid files and device nodes inert.
+        options |= {"nosuid", "nodev", *(["allow_other"] if opts.allow_other else [])}
         try:
             pyfuse3.init(ImageFS(image), str(opts.mountpoint), options)
         except RuntimeError as exc:
@@ -139,6 +148,10 @@ async def run_mount(source: ImageSource, opts: MountOptions, ready: Callable[[st
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
                 nursery.start_soon(prefetch, image, cache, opts.prefetch)
+                if opts.status_file is not None:
+                    nursery.start_soon(
+                        publish_status, opts.status_file, opts.mountpoint, image, cache, fsname
+                    )
                 await pyfuse3.main()
                 nursery.cancel_scope.cancel()
         finally:

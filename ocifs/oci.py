@@ -167,6 +167,8 @@ class Descriptor:
                 variant = pobj.get("variant")
                 plat = Platform(os_, arch, variant if isinstance(variant, str) else "")
         urls = obj.get("urls") or []
+        if not isinstance(urls, list):
+            raise ManifestError(f"{what}: descriptor {digest} with invalid urls")
         artifact_type = obj.get("artifactType") or ""
         return cls(
             media_type,
@@ -238,7 +240,7 @@ def parse_manifest(raw: bytes, digest: str, what: str) -> Manifest:
     mt = obj.get("mediaType") or MT_OCI_MANIFEST
     if obj.get("schemaVersion") != 2:
         raise ManifestError(f"{what}: schemaVersion must be 2")
-    if mt not in MANIFEST_TYPES:
+    if not isinstance(mt, str) or mt not in MANIFEST_TYPES:
         raise UnsupportedError(f"{what}: unsupported manifest media type {mt!r}")
     config = Descriptor.from_json(obj.get("config"), f"{what} config")
     layers_obj = obj.get("layers")

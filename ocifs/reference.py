@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ocifs.errors import BadReferenceError
 
-__all__ = ["DOCKER_HUB", "Reference", "is_loopback_host", "parse_reference"]
+__all__ = ["DOCKER_HUB", "Reference", "is_loopback_host", "names_registry", "parse_reference"]
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API_HOST = "registry-1.docker.io"
@@ -161,6 +161,17 @@ def _looks_like_registry(component: str) -> bool:
         or component.startswith("[")
         or component != component.lower()
     )
+
+
+def names_registry(text: str) -> bool:
+    """True when ``text`` says which registry it is on (``host[:port]/repo...``, or any
+    ``docker://`` name, which like skopeo means Docker Hub when no registry is given);
+    False for a short name such as ``alpine`` or ``team/app:1``, which registries.conf
+    may resolve (:mod:`ocifs.registries_conf`). Does not validate ``text``."""
+    if text.startswith("docker://"):
+        return True
+    first, sep, _ = text.partition("@")[0].partition("/")
+    return bool(sep) and _looks_like_registry(first)
 
 
 def parse_reference(text: str) -> Reference:

@@ -9,6 +9,8 @@ entries, which is umoci's result whenever the whiteouts come first in the tar.
 
 from __future__ import annotations
 
+import os
+import stat
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from ocifs.errors import LayerFormatError
 from ocifs.layers.entry import EntryType, LayerEntry
 
-__all__ = ["ROOT_INO", "Node", "Tree", "build_tree"]
+__all__ = ["ROOT_INO", "Node", "Tree", "apply_layer", "build_tree", "empty_root", "parent_of"]
 
 ROOT_INO = 1  # pyfuse3.ROOT_INODE
 WHITEOUT_PREFIX = ".wh."
@@ -28,6 +30,16 @@ MAX_SYMLINK_HOPS = 255
 # unpacking user: 0755 0:0 when run as root. Their mtime is the unpack time there;
 # here it is 0 so that the same image always gives the same tree.
 IMPLICIT_DIR_MODE = 0o755
+
+DIR_SIZE_BYTES = 4096
+_S_IFMT = {
+    EntryType.REG: stat.S_IFREG,
+    EntryType.DIR: stat.S_IFDIR,
+    EntryType.SYMLINK: stat.S_IFLNK,
+    EntryType.CHAR: stat.S_IFCHR,
+    EntryType.BLOCK: stat.S_IFBLK,
+    EntryType.FIFO: stat.S_IFIFO,
+}
 
 _DIR = EntryType.DIR
 _SYMLINK = EntryType.SYMLINK
@@ -59,6 +71,21 @@ class Node:
     nlink: int = 0
     names: tuple[str, ...] = ()
     parent: Node | None = None  # directories only; the root is its own parent
+
+    @property
+    def st_mode(self) -> int:
+        """The stat(2) ``st_mode``: file type bits and permission bits."""
+        return _S_IFMT[self.type] | self.mode
+
+    @property
+    def st_size(self) -> int:
+        """The stat(2) ``st_size`` in bytes, as a disk file system would report it:
+        content length, symlink target length, :data:`DIR_SIZE_BYTES` for directories."""
+        if self.type is EntryType.REG:
+            return self.size
+        if self.type is _SYMLINK:
+            return len(os.fsencode(self.linkname))
+        return DIR_SIZE_BYTES if self.type is _DIR else 0
 
 
 def _implicit_dir() -> Node:
@@ -354,3 +381,25 @@ def build_tree(layers: Sequence[Sequence[LayerEntry]]) -> Tree:
     for index, entries in enumerate(layers):
         _LayerMerge(root, index, entries).apply()
     return Tree(root, _number(root))
+
+
+def empty_root() -> Node:
+    """A root with no children, as :func:`build_tree` starts from, for :func:`apply_layer`."""
+    return _implicit_dir()
+
+
+def apply_layer(root: Node, index: int, entries: Sequence[LayerEntry]) -> None:
+    """Apply layer ``index`` in place on the tree at ``root`` as :func:`build_tree` does
+    (for callers that look at the tree between layers); raises LayerFormatError."""
+    _LayerMerge(root, index, entries).apply()
+
+
+def parent_of(root: Node, path: str) -> Node | None:
+    """The directory holding ``path`` (not "") in the tree at ``root``, its parents
+    resolved through symlinks inside the image root as entries are placed; None when
+    it is missing, not a directory, or the symlinks loop."""
+    try:
+        node = _walk(root, path.rpartition("/")[0], create=False)
+    except _ResolveError:
+        return None
+    return node if node is not None and node.children is not None else None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -82,6 +83,9 @@ def test_two_mounts_share_one_fetch(
         a, b = mnts
         full = [n for n in _gets(registry, mark, digest) if n == size]
         assert full == [size], "the shared layer was streamed more than once"
+        # The index build kept the streamed chunks; drop them so that both mounts
+        # must fetch what they read.
+        shutil.rmtree(cache / "chunks")
         mark = registry.mark()
         results: dict[str, bytes] = {}
 
@@ -193,6 +197,10 @@ def test_prefetch_all_fills_the_cache(
 ) -> None:
     digest, size = _layer_blob(two_images[0], 0)
     cache = tmp_path / "cache"
+    with mounted(two_images[0].ref, tmp_path / "first", cache, "--prefetch", "none"):
+        pass  # indexes the layers (and keeps the streamed chunks) ...
+    shutil.rmtree(cache / "chunks")  # ... which are dropped here:
+    assert ocifs("cache", "prune", "--cache-dir", str(cache)).returncode == 0
     args = ("--prefetch", "all")
     with mounted(two_images[0].ref, tmp_path / "mnt", cache, *args) as mnt:
         for _ in range(300):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from image_fixtures import BuiltImage
 from imagebuild import Image, Layer, file, push_layout, write_layout
-from mounting import mounted
+from mounting import mounted, ocifs
 from registry_fixtures import Registry
 
 WORDS_SEED = 7
@@ -117,7 +117,12 @@ def test_blob_changed_under_the_index_gives_eio(tmp_path: Path) -> None:
                                 compression="none")])  # fmt: skip
     layout = write_layout(image, tmp_path / "layout", "latest")
     blob = max((layout.path / "blobs").rglob("*"), key=lambda p: p.is_file() and p.stat().st_size)
-    with mounted(f"oci:{layout.path}:latest", tmp_path / "mnt", tmp_path / "cache") as mnt:
+    ref, cache = f"oci:{layout.path}:latest", tmp_path / "cache"
+    with mounted(ref, tmp_path / "first", cache):
+        pass  # builds the index, keeping the streamed chunks: drop those
+    shutil.rmtree(cache / "chunks")
+    assert ocifs("cache", "prune", "--cache-dir", str(cache)).returncode == 0
+    with mounted(ref, tmp_path / "mnt", cache) as mnt:
         raw = bytearray(blob.read_bytes())
         raw[2 * 1024 * 1024] ^= 0xFF  # inside a.bin, past its first chunk
         blob.chmod(0o644)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from ocifs import __version__
-from ocifs.cli import cache, mount
+from ocifs.cli import cache, convert, describe, index, inspect, login, mount, mounts
 from ocifs.cli._common import describe_error, first_error
 from ocifs.errors import OcifsError
 
@@ -21,7 +21,7 @@ __all__ = ["main"]
 
 log = logging.getLogger("ocifs")
 
-COMMAND_MODULES = (mount, cache)
+COMMAND_MODULES = (mount, cache, describe, inspect, index, convert, login, mounts)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ import humanfriendly
 
 from ocifs.cache import default_cache_dir
 from ocifs.errors import OcifsError
+from ocifs.gzindex import IndexTrust
 from ocifs.oci import Platform
 from ocifs.sources import SourceOptions
 
@@ -20,6 +21,7 @@ __all__ = [
     "add_image_options",
     "describe_error",
     "first_error",
+    "index_trust_of",
     "parse_size",
     "platform_of",
     "setup_logging",
@@ -68,8 +70,9 @@ def setup_logging(verbose: int, log_file: Path | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # httpx logs every request at INFO: keep that for -vv.
-    logging.getLogger("httpx").setLevel(logging.INFO if verbose >= 2 else logging.WARNING)
+    # httpx logs whole URLs at INFO, signed redirect queries included: ocifs logs each
+    # request itself at -vv, without the query (registry_transport.safe_url).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
@@ -78,6 +81,14 @@ def add_image_options(p: argparse.ArgumentParser, *, short_verbose: bool = True)
     verbose = ("-v", "--verbose") if short_verbose else ("--verbose",)
     p.add_argument(*verbose, action="count", default=0, help="more logging (-vv)")
     p.add_argument("--insecure", action="store_true", help="allow plain HTTP / no TLS check")
+    p.add_argument(
+        "--tls-verify",
+        type=_boolean,
+        default=True,
+        metavar="BOOL",
+        help="verify HTTPS certificates (default true; false skips the check)",
+    )
+    p.add_argument("--cert-dir", metavar="DIR", help="CA certificates (*.crt) to trust")
     p.add_argument("--creds", metavar="USER:PASS", help="registry credentials")
     p.add_argument("--authfile", metavar="FILE", help="auth file (containers-auth.json)")
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform to pick")
@@ -89,8 +100,22 @@ def add_image_options(p: argparse.ArgumentParser, *, short_verbose: bool = True)
         help="cache size bound, e.g. 10G (default: 10 GiB or 10%% of the disk, if less)",
     )
     p.add_argument(
+        "--index-trust",
+        choices=[t.value for t in IndexTrust],
+        default=IndexTrust.ALLOW.value,
+        help="published gzip seek indexes: require, allow (default) or ignore them",
+    )
+    p.add_argument(
         "--timeout", type=_seconds, default=30.0, help="network timeout, seconds (default 30)"
     )
+
+
+def _boolean(text: str) -> bool:
+    value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    try:
+        return value[text.lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"invalid boolean {text!r}: true or false") from None
 
 
 def _seconds(text: str) -> float:
@@ -121,12 +146,21 @@ def source_options(args: argparse.Namespace) -> SourceOptions:
         creds = (user, password)
     if args.authfile is not None and not os.path.isfile(args.authfile):
         raise OcifsError(f"--authfile {args.authfile}: no such file")
+    if args.cert_dir is not None and not os.path.isdir(args.cert_dir):
+        raise OcifsError(f"--cert-dir {args.cert_dir}: no such directory")
     return SourceOptions(
         insecure=args.insecure,
         creds=creds,
         authfile=args.authfile,
         timeout_s=args.timeout,
+        tls_verify=args.tls_verify,
+        cert_dir=args.cert_dir,
     )
+
+
+def index_trust_of(args: argparse.Namespace) -> IndexTrust:
+    """The ``--index-trust`` policy asked for."""
+    return IndexTrust(args.index_trust)
 
 
 def platform_of(args: argparse.Namespace) -> Platform | None:

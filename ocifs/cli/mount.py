@@ -15,6 +15,7 @@ import trio
 from ocifs.cli._common import (
     add_image_options,
     describe_error,
+    index_trust_of,
     platform_of,
     setup_logging,
     source_options,
@@ -24,6 +25,7 @@ from ocifs.errors import OcifsError
 from ocifs.mount import MountOptions, check_mountpoint, run_mount, unmount_ocifs
 from ocifs.prefetch import PrefetchMode
 from ocifs.sources import check_reference, open_source
+from ocifs.status import status_file_for
 
 __all__ = ["register"]
 
@@ -43,6 +45,9 @@ def _cmd_mount(args: argparse.Namespace) -> int:
         platform,
         cache_max=args.cache_max,
         prefetch=PrefetchMode(args.prefetch),
+        index_trust=index_trust_of(args),
+        status_file=status_file_for(mountpoint),
+        allow_other=args.allow_other,
     )
 
     def serve(ready: object) -> None:
@@ -143,6 +148,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("dir", metavar="DIR", help="an empty directory")
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     p.add_argument("--log-file", metavar="FILE", help="daemon log file")
+    p.add_argument(
+        "--allow-other",
+        action="store_true",
+        help="let other users read the mount (needs user_allow_other in /etc/fuse.conf "
+        "unless root)",
+    )
     p.add_argument(
         "--prefetch",
         choices=[m.value for m in PrefetchMode],

@@ -34,6 +34,8 @@ MAX_RUN_CHUNKS = 16
 # How often to look whether another process has fetched a chunk, and for how long.
 LOCK_POLL_S = 0.01
 LOCK_WAIT_S = 120.0
+# Fetches of a run whose bytes fail their chunk digest, after the first.
+MISMATCH_REFETCHES = 1
 
 
 class _Foreground:
@@ -287,9 +289,8 @@ class BlobReader:
     async def _fetch_run(self, first: int, last: int) -> dict[int, bytes]:
         start, _ = self.chunks.span(first)
         end_off, end_len = self.chunks.span(last)
-        data = await self.source.read_blob(self.desc, start, end_off + end_len - start)
 
-        def verify_and_store() -> dict[int, bytes]:
+        def verify_and_store(data: bytes) -> dict[int, bytes]:
             out = {}
             for i in range(first, last + 1):
                 off, length = self.chunks.span(i)
@@ -303,7 +304,17 @@ class BlobReader:
                 out[i] = piece
             return out
 
-        return await trio.to_thread.run_sync(verify_and_store, limiter=self.limiter)
+        # Bytes damaged on the way (a flaky proxy or cache node) are fetched once more;
+        # a second mismatch is the blob's own fault: EIO, never wrong bytes.
+        for attempt in range(1 + MISMATCH_REFETCHES):
+            data = await self.source.read_blob(self.desc, start, end_off + end_len - start)
+            try:
+                return await trio.to_thread.run_sync(verify_and_store, data, limiter=self.limiter)
+            except DigestMismatchError as exc:
+                if attempt == MISMATCH_REFETCHES:
+                    raise
+                log.warning("%s; fetching it again", exc)
+        raise AssertionError("unreachable")
 
 
 def _release(locks: list[filelock.BaseFileLock]) -> None:

@@ -38,7 +38,9 @@ class LayerEntry:
     ``size`` is the content length in bytes (regular files; 0 otherwise).
     ``linkname`` is the raw symlink target, or for a hardlink the normalized path of
     the entry it names. ``data_offset`` is the offset in bytes of the content in the
-    layer's *uncompressed* tar stream. ``mtime_ns`` is nanoseconds since the epoch.
+    layer's *uncompressed* tar stream (for eStargz, which addresses files by chunk, the
+    index of the file's first chunk in the layer's chunk table: see
+    ``ocifs.layers.estargz.Toc``). ``mtime_ns`` is nanoseconds since the epoch.
     """
 
     path: str

@@ -34,10 +34,23 @@ READBUF_BYTES = 64 * 1024
 # Decompressed spans kept per mount, and the longest span kept whole.
 SPAN_CACHE_BYTES = 64 * 1024 * 1024
 MAX_SPAN_BYTES = 8 * 1024 * 1024
+# Gzip bombs: a layer may expand to at most this many times its compressed size, or
+# to MIN_EXPANSION_LIMIT_BYTES, whichever is more. Real layers expand 2-10x (text-heavy
+# ones ~20x); deflate's ceiling is ~1032x, which only long runs of one byte reach.
+MAX_EXPANSION_RATIO = 250
+MIN_EXPANSION_LIMIT_BYTES = 1024**3
 
 
-def build_gzip_index(path: str, what: str) -> tuple[bytes, list[tuple[int, int]]]:
-    """Build the seek index of the gzip file at ``path``.
+def expansion_limit_bytes(compressed_bytes: int) -> int:
+    """The most uncompressed bytes a gzip layer of ``compressed_bytes`` may expand to."""
+    return max(MIN_EXPANSION_LIMIT_BYTES, MAX_EXPANSION_RATIO * compressed_bytes)
+
+
+def build_gzip_index(
+    path: str, what: str, spacing: int = SPACING_BYTES
+) -> tuple[bytes, list[tuple[int, int]]]:
+    """Build the seek index of the gzip file at ``path``, a checkpoint about every
+    ``spacing`` uncompressed bytes.
 
     Returns the exported index (indexed_gzip's format) and its checkpoints as
     (uncompressed offset, compressed offset) pairs in bytes. Raises
@@ -46,12 +59,19 @@ def build_gzip_index(path: str, what: str) -> tuple[bytes, list[tuple[int, int]]
     try:
         igz = _igz._IndexedGzipFile(
             filename=path,
-            spacing=SPACING_BYTES,
+            spacing=spacing,
             window_size=WINDOW_BYTES,
             readbuf_size=1024 * 1024,
             drop_handles=False,
         )
         try:
+            # Seeking builds the index only up to the offset: a bomb stops at the limit.
+            limit = expansion_limit_bytes(os.path.getsize(path))
+            if igz.seek(limit + 1) > limit:
+                raise LayerFormatError(
+                    f"{what}: gzip stream expands to more than {limit} bytes "
+                    f"({MAX_EXPANSION_RATIO}x its size): refusing a likely gzip bomb"
+                )
             igz.build_full_index()
             out = io.BytesIO()
             igz.export_index(fileobj=out)
@@ -72,7 +92,14 @@ class _BlobFile(io.RawIOBase):
         self._pos = 0
         self._chunk_index = -1
         self._chunk = b""
+        self._held_start = 0
+        self._held = b""
         self.mode = "rb"
+
+    def hold(self, offset: int, data: bytes) -> None:
+        """Serve reads of ``[offset, offset + len(data))`` from ``data`` (verified bytes
+        the caller already has) instead of the cache."""
+        self._held_start, self._held = offset, data
 
     def readable(self) -> bool:
         return True
@@ -96,6 +123,13 @@ class _BlobFile(io.RawIOBase):
         size = remaining if size < 0 else min(size, remaining)
         parts = []
         while size > 0:
+            held = self._pos - self._held_start
+            if 0 <= held < len(self._held):
+                piece = self._held[held : held + size]
+                parts.append(piece)
+                self._pos += len(piece)
+                size -= len(piece)
+                continue
             # zran reads in pieces smaller than a chunk: keep the last chunk, so that
             # each is read from the cache and verified once per decompression.
             index, skip = divmod(self._pos, self._blob.chunks.chunk_size)
@@ -161,8 +195,12 @@ class GzipLayerReader:
         self._coffs = [c for _, c in points]
         self._usize = uncompressed_size
         self._spans = spans
-        self._limiter = limiter
-        self._idle: list[_igz._IndexedGzipFile] = []
+        # Inflating threads call back into the loop on a chunk-cache miss
+        # (BlobReader.chunk_sync), whose cache I/O takes ``limiter``: sharing it would
+        # deadlock once every slot is held by an inflater waiting for it (seen with 100
+        # readers and a cache bound that evicts prefetched chunks).
+        self._limiter = trio.CapacityLimiter(limiter.total_tokens)
+        self._idle: list[tuple[_igz._IndexedGzipFile, _BlobFile]] = []
         self._lock = threading.Lock()
         self._inflight: dict[int, trio.Event] = {}
 
@@ -211,23 +249,28 @@ class GzipLayerReader:
             await event.wait()
         event = self._inflight[k] = trio.Event()
         try:
-            await self.blob.prefetch(cstart, cend - cstart)
-            data = await self._inflate(ustart, uend - ustart)
+            # Fetched (or read from the cache) and verified once, then inflated from
+            # memory: the worker thread does not read the chunks again.
+            compressed = await self.blob.read(cstart, cend - cstart)
+            data = await self._inflate(ustart, uend - ustart, cstart, compressed)
             self._spans.put(key, data)
             return data
         finally:
             del self._inflight[k]
             event.set()
 
-    async def _inflate(self, offset: int, size: int) -> bytes:
-        return await trio.to_thread.run_sync(self._pread, offset, size, limiter=self._limiter)
+    async def _inflate(self, offset: int, size: int, held_at: int = 0, held: bytes = b"") -> bytes:
+        return await trio.to_thread.run_sync(
+            self._pread, offset, size, held_at, held, limiter=self._limiter
+        )
 
-    def _pread(self, offset: int, size: int) -> bytes:
+    def _pread(self, offset: int, size: int, held_at: int, held: bytes) -> bytes:
         with self._lock:
-            handle = self._idle.pop() if self._idle else None
-        if handle is None:
+            idle = self._idle.pop() if self._idle else None
+        if idle is None:
+            blobfile = _BlobFile(self.blob)
             handle = _igz._IndexedGzipFile(
-                fileobj=_BlobFile(self.blob),
+                fileobj=blobfile,
                 spacing=SPACING_BYTES,
                 window_size=WINDOW_BYTES,
                 readbuf_size=READBUF_BYTES,
@@ -235,11 +278,16 @@ class GzipLayerReader:
                 skip_crc_check=True,
             )
             handle.import_index(fileobj=io.BytesIO(self._index))
+        else:
+            handle, blobfile = idle
+        blobfile.hold(held_at, held)
         try:
             data: bytes = handle.pread(size, offset)
         except BaseException:
             handle.close()
             raise
+        finally:
+            blobfile.hold(0, b"")
         with self._lock:
-            self._idle.append(handle)
+            self._idle.append((handle, blobfile))
         return data

@@ -2,9 +2,10 @@
 per blob digest and kept in the cache so that any image sharing the layer mounts
 at once.
 
-Building streams the blob once (DESIGN.md "One forward stream per layer"): the
+Building streams the blob once: the
 compressed bytes are hashed whole (blob digest) and per chunk (for verified range
-reads later) while they go to a scratch file; then, in worker threads, the tar
+reads later) while they go to a scratch file; then, in worker threads, its chunks
+go into the chunk cache when it has room (later reads need no request), the tar
 listing (with the uncompressed stream hashed for the diffID) and, for gzip, the
 seek index are built from that file, which is then removed.
 """
@@ -30,8 +31,16 @@ import trio
 from ocifs.cache import ChunkCache
 from ocifs.errors import DigestMismatchError, LayerFormatError, UnsupportedError
 from ocifs.layers.blob import BlobReader, ChunkHasher, ChunkMap
-from ocifs.layers.entry import EntryType, LayerEntry
-from ocifs.layers.gzip import GzipLayerReader, SpanCache, build_gzip_index
+from ocifs.layers.entry import EntryType, LayerEntry, normalize_path
+from ocifs.layers.estargz import FOOTER_SIZE_BYTES, HIDDEN_AT_ROOT, parse_footer
+from ocifs.layers.estargz_reader import open_estargz
+from ocifs.layers.gzip import (
+    SPACING_BYTES,
+    GzipLayerReader,
+    SpanCache,
+    build_gzip_index,
+    expansion_limit_bytes,
+)
 from ocifs.layers.tar import HashingReader, list_tar
 from ocifs.oci import LAYER_GZIP, LAYER_TAR, LAYER_ZSTD, Descriptor
 from ocifs.sources.base import ImageSource
@@ -40,8 +49,12 @@ __all__ = ["Layer", "LayerIndex", "open_layer"]
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 2
+INDEX_VERSION = 3
+GZIDX_SUFFIX = "gzidx.z"
+MIN_CHUNK_BYTES = 4 * 1024
+MAX_CHUNK_BYTES = 64 * 1024 * 1024
 INDEX_LOCK_POLL_S = 0.05
+KEEP_BATCH_CHUNKS = 64
 KIND_TAR = "tar"
 KIND_GZIP = "gzip"
 
@@ -58,6 +71,39 @@ class LayerIndex:
     uncompressed_size: int = 0
     gzip_index: bytes = b""
     points: Sequence[tuple[int, int]] = ()
+    spacing: int = SPACING_BYTES
+
+    def validate(self, blob_size: int, what: str) -> None:
+        """Check an index that came from elsewhere (a published artifact) against the
+        layer it claims to describe: sizes, chunking, checkpoints, entry bounds.
+        Raises :class:`LayerFormatError` naming ``what``."""
+
+        def bad(why: str) -> LayerFormatError:
+            return LayerFormatError(f"{what}: published index rejected: {why}")
+
+        chunks = self.chunks
+        if self.kind != KIND_GZIP or not self.gzip_index:
+            raise bad("not a gzip seek index")
+        if chunks.blob_size != blob_size:
+            raise bad(f"it describes {chunks.blob_size} bytes, the layer has {blob_size}")
+        if not MIN_CHUNK_BYTES <= chunks.chunk_size <= MAX_CHUNK_BYTES:
+            raise bad(f"chunk size {chunks.chunk_size}")
+        count = -(-blob_size // chunks.chunk_size)
+        if len(chunks.digests) != count or any(len(d) != 32 for d in chunks.digests):
+            raise bad(f"{len(chunks.digests)} chunk digests for {count} chunks")
+        last = (-1, -1)
+        for u, c in self.points:
+            if u <= last[0] or c < last[1] or c > blob_size or u > self.uncompressed_size:
+                raise bad(f"checkpoint ({u}, {c}) out of order or out of bounds")
+            last = (u, c)
+        for e in self.entries:
+            ints = (e.mode, e.uid, e.gid, e.size, e.data_offset)
+            if not all(type(v) is int and v >= 0 for v in ints) or type(e.mtime_ns) is not int:
+                raise bad(f"entry {e.path!r} has invalid numbers")
+            if not isinstance(e.path, str) or normalize_path(e.path) != e.path:
+                raise bad(f"entry {e.path!r} is not a normalized path")
+            if e.data_offset + e.size > self.uncompressed_size:
+                raise bad(f"entry {e.path!r} lies beyond the layer's end")
 
     def to_bytes(self) -> bytes:
         doc: dict[str, Any] = {
@@ -67,6 +113,7 @@ class LayerIndex:
             "blob_size": self.chunks.blob_size,
             "chunk_size": self.chunks.chunk_size,
             "uncompressed_size": self.uncompressed_size,
+            "spacing": self.spacing,
             "chunk_digests": base64.b64encode(b"".join(self.chunks.digests)).decode(),
             "points": [list(p) for p in self.points],
             "entries": [_entry_to_json(e) for e in self.entries],
@@ -84,7 +131,8 @@ class LayerIndex:
         entries = [_entry_from_json(e) for e in doc["entries"]]
         points = [(int(u), int(c)) for u, c in doc["points"]]
         usize = int(doc["uncompressed_size"])
-        return cls(digest, doc["kind"], entries, chunks, usize, gzip_index, points)
+        spacing = int(doc.get("spacing", SPACING_BYTES))
+        return cls(digest, doc["kind"], entries, chunks, usize, gzip_index, points, spacing)
 
 
 def _entry_to_json(e: LayerEntry) -> list[Any]:
@@ -147,16 +195,16 @@ def layer_kind(desc: Descriptor, what: str) -> str:
     naming the digest and media type for anything ocifs cannot read yet."""
     mt = desc.media_type
     if "encrypted" in mt:
-        raise UnsupportedError(f"{what}: encrypted layer {desc.digest} ({mt}) is not supported")
+        raise UnsupportedError(f"{what}: encrypted layers ({mt}) are not supported")
     if desc.urls:
-        raise UnsupportedError(f"{what}: foreign layer {desc.digest} with urls is not supported")
+        raise UnsupportedError(f"{what}: foreign layers ({mt}, with urls) are not supported")
     if mt in LAYER_GZIP:
         return KIND_GZIP
     if mt in LAYER_TAR:
         return KIND_TAR
     if mt in LAYER_ZSTD:
-        raise UnsupportedError(f"{what}: zstd layer {desc.digest} ({mt}) is not supported yet")
-    raise UnsupportedError(f"{what}: layer {desc.digest} has unknown media type {mt!r}")
+        raise UnsupportedError(f"{what}: zstd layers ({mt}) are not supported yet")
+    raise UnsupportedError(f"{what}: unknown layer media type {mt!r}")
 
 
 async def open_layer(
@@ -168,13 +216,18 @@ async def open_layer(
     spans: SpanCache,
     what: str,
 ) -> Layer:
-    """Load the layer's index from the cache, or build and store it.
+    """Load the layer's index from the cache, or build and store it; a gzip layer
+    that is eStargz (:func:`ocifs.layers.estargz_reader.open_estargz`) needs only its TOC.
 
     Raises :class:`DigestMismatchError` when the blob or its uncompressed stream do
     not match ``desc.digest`` / ``diff_id``, :class:`LayerFormatError` for a blob that
     is not a valid (gzip'd) tar, :class:`UnsupportedError` for other media types.
     """
     kind = layer_kind(desc, what)
+    if kind == KIND_GZIP:
+        esgz = await open_estargz(source, desc, cache, limiter, spans, what)
+        if esgz is not None:
+            return Layer(desc, esgz.entries, read_entry=esgz.read_entry, landmark=esgz.prefetch)
     index = await _cached_or_built(source, desc, diff_id, kind, cache, limiter, what)
     blob = BlobReader(source, desc, index.chunks, cache, limiter)
     if kind == KIND_GZIP:
@@ -206,7 +259,7 @@ async def _cached_or_built(
     that of several processes mounting the same layer one streams it, the rest wait."""
 
     def cached() -> LayerIndex | None:
-        index = _load_cached(cache, desc.digest)
+        index = load_cached_index(cache, desc.digest)
         return index if index is not None and index.kind == kind else None
 
     index = await trio.to_thread.run_sync(cached, limiter=limiter)
@@ -229,14 +282,41 @@ async def _cached_or_built(
             await trio.to_thread.run_sync(lock.release, limiter=limiter)
 
 
-def _load_cached(cache: ChunkCache, digest: str) -> LayerIndex | None:
+async def gzip_index_for(
+    source: ImageSource,
+    desc: Descriptor,
+    diff_id: str,
+    cache: ChunkCache,
+    limiter: trio.CapacityLimiter,
+    what: str,
+    spacing: int = SPACING_BYTES,
+) -> LayerIndex:
+    """The index of a gzip layer with checkpoints every ``spacing`` bytes: the cached
+    one when it has that spacing, else built (and cached) anew. Raises as
+    :func:`open_layer`."""
+    index = await trio.to_thread.run_sync(load_cached_index, cache, desc.digest, limiter=limiter)
+    if index is not None and index.kind == KIND_GZIP and index.spacing == spacing:
+        return index
+    return await _build(source, desc, diff_id, KIND_GZIP, cache, limiter, what, spacing)
+
+
+def store_index(cache: ChunkCache, index: LayerIndex) -> None:
+    """Keep ``index`` in the cache (the seek index zlib-compressed: its windows shrink
+    ~2.5x). Blocking."""
+    if index.kind == KIND_GZIP:
+        cache.put_index(index.digest, GZIDX_SUFFIX, zlib.compress(index.gzip_index, 6))
+    cache.put_index(index.digest, "json.gz", index.to_bytes())
+
+
+def load_cached_index(cache: ChunkCache, digest: str) -> LayerIndex | None:
+    """The cached index of blob ``digest``, or None (also when unreadable). Blocking."""
     data = cache.get_index(digest, "json.gz")
     if data is None:
         return None
-    gz = cache.get_index(digest, "gzidx") or b""
     try:
+        gz = zlib.decompress(cache.get_index(digest, GZIDX_SUFFIX) or zlib.compress(b""))
         index = LayerIndex.from_bytes(data, digest, gz)
-    except (ValueError, KeyError, TypeError, IndexError, OSError, EOFError) as exc:
+    except (ValueError, KeyError, TypeError, IndexError, OSError, EOFError, zlib.error) as exc:
         log.warning("cache: ignoring unreadable index of %s (%s)", digest, exc)
         return None
     if index.kind == KIND_GZIP and not gz:
@@ -252,6 +332,7 @@ async def _build(
     cache: ChunkCache,
     limiter: trio.CapacityLimiter,
     what: str,
+    spacing: int = SPACING_BYTES,
 ) -> LayerIndex:
     fd, tmp = tempfile.mkstemp(dir=cache.scratch_dir(), prefix=cache.scratch_prefix("blob"))
     try:
@@ -264,29 +345,47 @@ async def _build(
         def listing() -> None:
             nonlocal usize
             found, usize = _list_file(tmp, kind, diff_id, what)
+            if kind == KIND_GZIP and _has_estargz_footer(tmp, desc.size):
+                # An eStargz layer read as plain gzip: its bookkeeping stays hidden.
+                found = [e for e in found if e.path not in HIDDEN_AT_ROOT]
             entries.extend(found)
 
         def seek_index() -> None:
             nonlocal gz
-            gz = build_gzip_index(tmp, what)
+            gz = build_gzip_index(tmp, what, spacing)
+
+        def keep_chunks() -> None:
+            # The whole blob went by once, verified: keep its chunks while the cache has
+            # room for them without evicting anything, so that reads need no request.
+            if getattr(source, "local", False) or desc.size > cache.free_bytes():
+                return
+            with open(tmp, "rb") as fh:
+                batch: list[tuple[int, bytes]] = []
+                for i in range(len(chunks.digests)):
+                    batch.append((i, fh.read(chunks.chunk_size)))
+                    if len(batch) == KEEP_BATCH_CHUNKS or i == len(chunks.digests) - 1:
+                        cache.put_chunks(desc.digest, batch)
+                        batch = []
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.to_thread.run_sync, listing)
             if kind == KIND_GZIP:
                 nursery.start_soon(trio.to_thread.run_sync, seek_index)
+            nursery.start_soon(trio.to_thread.run_sync, keep_chunks)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    index = LayerIndex(desc.digest, kind, entries, chunks, usize, gz[0], gz[1])
+    index = LayerIndex(desc.digest, kind, entries, chunks, usize, gz[0], gz[1], spacing)
 
-    def store() -> None:
-        if kind == KIND_GZIP:
-            cache.put_index(desc.digest, "gzidx", index.gzip_index)
-        cache.put_index(desc.digest, "json.gz", index.to_bytes())
-
-    await trio.to_thread.run_sync(store, limiter=limiter)
+    await trio.to_thread.run_sync(store_index, cache, index, limiter=limiter)
     log.info("%s: indexed %s (%d entries, %d bytes)", what, desc.digest, len(entries), desc.size)
     return index
+
+
+def _has_estargz_footer(path: str, size: int) -> bool:
+    with open(path, "rb") as fh:
+        fh.seek(max(0, size - FOOTER_SIZE_BYTES))
+        return parse_footer(fh.read(), size) is not None
 
 
 async def _download(source: ImageSource, desc: Descriptor, fh: BinaryIO, what: str) -> ChunkMap:
@@ -313,7 +412,8 @@ def _list_file(path: str, kind: str, diff_id: str, what: str) -> tuple[list[Laye
     """The entries of the layer file at ``path`` and the length of its tar stream."""
     with open(path, "rb") as raw:
         stream = gzip.GzipFile(fileobj=raw, mode="rb") if kind == KIND_GZIP else raw
-        reader = HashingReader(stream)  # type: ignore[arg-type]
+        bound = expansion_limit_bytes(os.path.getsize(path)) if kind == KIND_GZIP else None
+        reader = HashingReader(stream, bound, what)  # type: ignore[arg-type]
         try:
             entries = list_tar(reader, what)  # type: ignore[arg-type]
             reader.drain()

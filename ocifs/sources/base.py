@@ -29,7 +29,9 @@ class RawManifest:
 
 
 class ImageSource(Protocol):
-    """Manifests and blobs of one repository (or one local layout/archive)."""
+    """Manifests and blobs of one repository (or one local layout/archive). A source
+    whose blobs are files on this host says so with a class attribute ``local = True``
+    (the cache then keeps no copies of whole layers)."""
 
     def describe(self) -> str:
         """A short name for logs and the mount's fsname, e.g. ``localhost:5000/x:tag``."""

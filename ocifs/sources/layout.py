@@ -25,6 +25,9 @@ class LayoutSource:
     ``index.json`` entry whose ``org.opencontainers.image.ref.name`` matches (or the
     only entry when ``tag`` is empty)."""
 
+    # Blobs are already on this host: the cache need not keep copies of them.
+    local = True
+
     def __init__(self, root: Path, tag: str = "") -> None:
         self.root = root
         self.tag = tag

@@ -18,8 +18,16 @@ from types import TracebackType
 import httpx
 import trio
 
-from ocifs.errors import DigestMismatchError, FetchError
-from ocifs.oci import ACCEPT_MANIFESTS, MAX_MANIFEST_BYTES, Descriptor, check_digest, sha256_digest
+from ocifs.errors import DigestMismatchError, FetchError, NotFoundError
+from ocifs.oci import (
+    ACCEPT_MANIFESTS,
+    MAX_MANIFEST_BYTES,
+    MT_OCI_INDEX,
+    Descriptor,
+    check_digest,
+    parse_index,
+    sha256_digest,
+)
 from ocifs.reference import Reference, parse_reference
 from ocifs.sources.base import RawManifest
 from ocifs.sources.registry_transport import (
@@ -63,7 +71,8 @@ class RegistrySource:
     ``insecure`` allows plain HTTP to any host (loopback registries always use it);
     otherwise HTTPS is verified. ``creds`` (user, password) win over ``authfile``
     and the usual credential files (:func:`ocifs.auth.find_credentials`).
-    ``timeout_s`` bounds each connect/read/write in seconds.
+    ``timeout_s`` bounds each connect/read/write in seconds. ``tls_verify=False``
+    skips certificate checks; ``cert_dir`` holds the CA files (``*.crt``) to trust.
     """
 
     def __init__(
@@ -75,6 +84,8 @@ class RegistrySource:
         authfile: str | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        tls_verify: bool = True,
+        cert_dir: str | None = None,
     ) -> None:
         self.ref = parse_reference(ref) if isinstance(ref, str) else ref
         self._http = RegistryTransport(
@@ -84,6 +95,8 @@ class RegistrySource:
             authfile=authfile,
             timeout_s=timeout_s,
             max_connections=max_connections,
+            tls_verify=tls_verify,
+            cert_dir=cert_dir,
         )
         self._warned_no_ranges = False
 
@@ -168,6 +181,38 @@ class RegistrySource:
                 check_digest(data, sent_digest, what)
         return RawManifest(data, media_type, digest)
 
+    async def get_referrers(self, digest: str, artifact_type: str) -> tuple[Descriptor, ...]:
+        """Descriptors of the manifests whose ``subject`` is ``digest`` and whose
+        ``artifactType`` is ``artifact_type``: from the referrers API
+        (distribution-spec "Listing Referrers"), else from the image index tagged
+        ``sha256-<hex>`` (the spec's "Referrers Tag Schema" fallback). Empty when there
+        are none. Raises :class:`ocifs.errors.FetchError`, :class:`ocifs.errors.AuthError`.
+        """
+        what = f"referrers of {self.ref.name}@{digest}"
+        url = self._http.url(f"/v2/{self.ref.repository}/referrers/{digest}")
+        url += f"?artifactType={artifact_type}"
+
+        async def attempt() -> bytes:
+            resp = await self._http.open(
+                "GET", url, what=what, not_found=f"{what}: no referrers API",
+                headers={"Accept": MT_OCI_INDEX},
+            )  # fmt: skip
+            try:
+                return await read_body(resp, MAX_MANIFEST_BYTES, what)
+            finally:
+                await resp.aclose()
+
+        try:
+            raw = await self._http.retrying(attempt, what)
+        except NotFoundError:
+            algo, _, hexpart = digest.partition(":")
+            try:
+                raw = (await self.get_manifest(f"{algo}-{hexpart}")).data
+            except NotFoundError:
+                return ()
+        entries = parse_index(raw, what)
+        return tuple(e for e in entries if e.artifact_type == artifact_type)
+
     async def get_blob(self, desc: Descriptor) -> bytes:
         """Fetch a whole small blob (a config; at most 64 MiB) and check it against
         ``desc.digest`` and ``desc.size``. Raises :class:`ocifs.errors.NotFoundError`,
@@ -242,7 +287,7 @@ class RegistrySource:
         if crange is not None:
             first, last, total = crange
             if (first, last) != (offset, offset + size - 1):
-                raise FetchError(
+                raise TransientError(
                     f"{what}: asked bytes {offset}-{offset + size - 1}, "
                     f"got Content-Range {first}-{last}"
                 )

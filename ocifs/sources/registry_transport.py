@@ -116,11 +116,32 @@ def transport_message(exc: httpx.HTTPError) -> str:
     """One line naming a transport failure, without the URL (it may carry a signed query)."""
     if isinstance(exc, httpx.TimeoutException):
         return f"timed out ({type(exc).__name__})"
+    tls = _tls_verify_failure(exc)
+    if tls is not None:
+        return (
+            f"TLS certificate not trusted ({tls.verify_message}); give its CA with "
+            "--cert-dir DIR or in certs.d, or skip the check with --tls-verify=false"
+        )
     detail = _one_line(str(exc), 120)
     return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
 
 
+def _tls_verify_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification error behind a transport failure, if that is what
+    it was (retrying cannot help then)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _is_retryable(exc: BaseException) -> bool:
+    if _tls_verify_failure(exc) is not None:
+        return False
     return isinstance(exc, TransientError | httpx.TransportError)
 
 
@@ -138,15 +159,17 @@ def _wait_s(state: RetryCallState) -> float:
 
 def _log_retry(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome is not None else None
-    log.warning("attempt %d failed (%s); retrying", state.attempt_number, exc)
+    # INFO: a retry that works is no news for the terminal; the final failure is.
+    log.info("attempt %d failed (%s); retrying", state.attempt_number, exc)
 
 
-def _ssl_context(registry: str) -> ssl.SSLContext:
+def _ssl_context(registry: str, cert_dir: str | None = None) -> ssl.SSLContext:
     """System trust store plus ``certs.d/<registry>/`` CAs and client certs, as
-    containers-certs.d(5) and Docker read them."""
+    containers-certs.d(5) and Docker read them; ``cert_dir`` (skopeo's ``--cert-dir``)
+    replaces the certs.d lookup."""
     ctx = ssl.create_default_context()
-    for base in CERT_DIRS:
-        folder = base / registry
+    folders = [Path(cert_dir)] if cert_dir else [base / registry for base in CERT_DIRS]
+    for folder in folders:
         if not folder.is_dir():
             continue
         for ca in sorted(folder.glob("*.crt")):
@@ -205,6 +228,8 @@ class RegistryTransport:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         actions: str = "pull",
+        tls_verify: bool = True,
+        cert_dir: str | None = None,
     ) -> None:
         self.ref = ref
         self.insecure = insecure
@@ -216,7 +241,7 @@ class RegistryTransport:
         self.timeout_s = timeout_s
         verify: ssl.SSLContext | bool = True
         if self.base_url.startswith("https:"):
-            verify = _ssl_context(ref.api_host)
+            verify = _ssl_context(ref.api_host, cert_dir) if tls_verify else False
         self._client = httpx.AsyncClient(
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
@@ -258,9 +283,9 @@ class RegistryTransport:
         try:
             return await retryer(fn)
         except httpx.HTTPError as exc:
-            raise FetchError(
-                f"{what}: {transport_message(exc)} after {MAX_ATTEMPTS} attempts"
-            ) from None
+            attempts = retryer.statistics.get("attempt_number", MAX_ATTEMPTS)
+            suffix = f" after {attempts} attempts" if attempts > 1 else ""
+            raise FetchError(f"{what}: {transport_message(exc)}{suffix}") from None
 
     async def ping(self) -> None:
         """``GET /v2/`` and authenticate if challenged, so that bad credentials show
