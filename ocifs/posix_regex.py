@@ -53,7 +53,8 @@ _ESCAPES = {
     "s": "[ \\t\\r\\v\\f]",
     "S": "\\S",
     "b": "\\b",
-    "B": "\\B",
+    # Python before 3.14 finds no \B in an empty string; GNU grep finds one there.
+    "B": "(?:\\B|^$)",
     "<": "\\b(?=\\w)",
     ">": "\\b(?<=\\w)",
     "`": "^",

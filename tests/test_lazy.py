@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from image_fixtures import BuiltImage
 from imagebuild import Image, Layer, file, push_layout, write_layout
-from mounting import mounted, ocifs
+from mounting import mounted
 from registry_fixtures import Registry
 
 WORDS_SEED = 7
@@ -119,9 +119,8 @@ def test_blob_changed_under_the_index_gives_eio(tmp_path: Path) -> None:
     blob = max((layout.path / "blobs").rglob("*"), key=lambda p: p.is_file() and p.stat().st_size)
     ref, cache = f"oci:{layout.path}:latest", tmp_path / "cache"
     with mounted(ref, tmp_path / "first", cache):
-        pass  # builds the index, keeping the streamed chunks: drop those
-    shutil.rmtree(cache / "chunks")
-    assert ocifs("cache", "prune", "--cache-dir", str(cache)).returncode == 0
+        pass  # builds the index
+    assert not (cache / "chunks").exists()  # a local source's blobs are not copied
     with mounted(ref, tmp_path / "mnt", cache) as mnt:
         raw = bytearray(blob.read_bytes())
         raw[2 * 1024 * 1024] ^= 0xFF  # inside a.bin, past its first chunk
