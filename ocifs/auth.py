@@ -33,6 +33,7 @@ __all__ = [
     "auth_file_candidates",
     "basic_authorization",
     "find_credentials",
+    "load_auth_file",
     "normalize_key",
     "parse_token_response",
     "parse_www_authenticate",
@@ -146,7 +147,9 @@ def _lookup_keys(registry: str, repository: str | None) -> list[str]:
     return keys
 
 
-def _load_auth_file(path: Path) -> dict[str, Any] | None:
+def load_auth_file(path: Path) -> dict[str, Any] | None:
+    """The JSON object of an auth file, None if it does not exist. Raises
+    :class:`AuthError` (never quoting the file's content) when it cannot be used."""
     try:
         with path.open("rb") as fh:
             raw = fh.read(MAX_AUTH_FILE_BYTES + 1)
@@ -276,7 +279,7 @@ def find_credentials(
     if creds is not None:
         return Credentials(creds[0], creds[1], "explicit")
     for path, _is_docker in auth_file_candidates(authfile, env):
-        obj = _load_auth_file(path)
+        obj = load_auth_file(path)
         if obj is None:
             if authfile is not None:
                 raise AuthError(f"auth file {path} does not exist")

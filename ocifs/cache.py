@@ -39,7 +39,7 @@ from pathlib import Path
 import filelock
 
 from ocifs.errors import OcifsError
-from ocifs.fileutil import make_dirs, write_atomic
+from ocifs.fileutil import make_dirs, pid_alive, write_atomic
 
 __all__ = ["CacheEntry", "ChunkCache", "default_cache_dir", "default_cache_max"]
 
@@ -454,19 +454,9 @@ class ChunkCache:
             if len(parts) < 3 or not parts[1].isdigit():
                 continue
             pid = int(parts[1])
-            if pid != os.getpid() and not _alive(pid):
+            if pid != os.getpid() and not pid_alive(pid):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
         write_atomic(path, data, prefix=self.scratch_prefix(".tmp"), mode=DIR_MODE)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -9,7 +9,11 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["make_dirs", "write_atomic"]
+__all__ = [
+    "make_dirs",
+    "pid_alive",
+    "write_atomic",
+]
 
 
 def make_dirs(path: Path, mode: int = 0o700) -> None:
@@ -50,3 +54,15 @@ def write_atomic(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def pid_alive(pid: int) -> bool:
+    """True if process ``pid`` exists (even if another user owns it): whether the
+    writer of a temp or status file named by its pid may still be at work."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -28,7 +28,14 @@ from ocifs.prefetch import PrefetchMode, prefetch
 from ocifs.sources.base import ImageSource
 from ocifs.status import publish_status
 
-__all__ = ["MountOptions", "check_mountpoint", "run_mount", "unmount", "unmount_ocifs"]
+__all__ = [
+    "MountOptions",
+    "check_mountpoint",
+    "run_mount",
+    "unescape_mountinfo",
+    "unmount",
+    "unmount_ocifs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +57,19 @@ class MountOptions:
     status_file: Path | None = None
 
 
+def unescape_mountinfo(field: bytes) -> str:
+    """A path field of /proc/self/mountinfo, unescaped: proc(5) writes space, tab,
+    newline and backslash as ``\\ooo``."""
+    return os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), field))
+
+
 def _mount_type(path: Path) -> str | None:
     """The file system type mounted at ``path`` (``fuse.ocifs``...), or None."""
     target = os.fsencode(path)
     with open("/proc/self/mountinfo", "rb") as fh:
         for line in fh:
             fields = line.split()
-            # proc(5): mount points escape space, tab, newline and backslash as \ooo.
-            point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), fields[4])
-            if point == target:
+            if os.fsencode(unescape_mountinfo(fields[4])) == target:
                 return os.fsdecode(fields[fields.index(b"-") + 1])
     return None
 

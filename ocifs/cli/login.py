@@ -26,9 +26,9 @@ from typing import Any
 import trio
 
 from ocifs.auth import (
-    MAX_AUTH_FILE_BYTES,
     auth_file_candidates,
     find_credentials,
+    load_auth_file,
     normalize_key,
     primary_auth_file,
 )
@@ -55,24 +55,8 @@ def _registry_key(text: str) -> str:
 
 
 def _read_auth_file(path: Path) -> dict[str, Any]:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        raise AuthError(f"cannot read auth file {path}: {exc.strerror}") from None
-    if len(raw) > MAX_AUTH_FILE_BYTES:
-        raise AuthError(f"auth file {path} is larger than {MAX_AUTH_FILE_BYTES} bytes")
-    if not raw.strip():
-        return {}
-    try:
-        obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        # The parser's message may quote a secret: keep it out.
-        raise AuthError(f"auth file {path} is not valid JSON; not changing it") from None
-    if not isinstance(obj, dict):
-        raise AuthError(f"auth file {path} is not a JSON object; not changing it")
-    return obj
+    obj = load_auth_file(path)
+    return {} if obj is None else obj
 
 
 def _write_auth_file(path: Path, obj: dict[str, Any]) -> None:

@@ -11,14 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import humanfriendly
 
-from ocifs.mount import FSTYPE
+from ocifs.fileutil import pid_alive
+from ocifs.mount import FSTYPE, unescape_mountinfo
 from ocifs.status import MountStatus, read_status_files
 
 __all__ = ["OcifsMount", "list_mounts", "register"]
@@ -52,21 +52,6 @@ class OcifsMount:
         }
 
 
-def _unescape(field: bytes) -> str:
-    # proc(5): space, tab, newline and backslash are written as \ooo.
-    return os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), field))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def list_mounts(uid: int | None = None, mountinfo: Path = MOUNTINFO) -> list[OcifsMount]:
     """The ocifs mounts of user ``uid`` (default: this process's), in table order."""
     uid = os.getuid() if uid is None else uid
@@ -83,13 +68,13 @@ def list_mounts(uid: int | None = None, mountinfo: Path = MOUNTINFO) -> list[Oci
             owner = int(opts.get("user_id") or "-1")
             if owner != uid:
                 continue
-            point = _unescape(fields[4])
-            name = _unescape(source).removeprefix("ocifs:")
+            point = unescape_mountinfo(fields[4])
+            name = unescape_mountinfo(source).removeprefix("ocifs:")
             reference, _, digest = name.rpartition("@")
             if not reference:
                 reference, digest = name, ""
             status = statuses.get(point)
-            if status is not None and not _alive(status.pid):
+            if status is not None and not pid_alive(status.pid):
                 status = None
             found.append(OcifsMount(point, reference, digest, owner, status))
     return found
