@@ -12,7 +12,7 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-from bench_lib.cold import Endpoint, Peaks, cold_rows
+from bench_lib.cold import REPO, Endpoint, Peaks, cold_rows, prepare_variants
 from bench_lib.context import Bench
 from bench_lib.image import CACHE_ROOT, cached_image, policy_file, push
 from bench_lib.report import host_facts, print_table, write_json
@@ -87,8 +87,9 @@ def run(args: argparse.Namespace) -> int:
         registry = Registry(work / "registry")
         stack.callback(registry.close)
         bench.say(f"registry on {registry.host}; pushing the image")
-        push(image, registry.host, "bench/debian")
-        endpoints = [Endpoint("loopback", registry.host)]
+        push(image, registry.host, REPO)
+        prepare_variants(bench, registry.host)
+        endpoints = [Endpoint("loopback", registry.host, registry)]
         if not (args.quick or args.no_wan):
             proxy = Proxy(registry.host, work, args.delay_ms, args.rate_mbps)
             stack.callback(proxy.close)

@@ -1,7 +1,8 @@
-"""Cold measures (page cache dropped, empty directories): one small file and
-``grep -r`` over the whole image, ocifs against a full pull + unpack and against
-ratarmount; run once straight to the loopback registry and once through the
-WAN-like proxy. Alternatives are timed in turn with ocifs, run by run."""
+"""Cold measures (page cache dropped, empty directories): first mount + one small
+file (plain gzip, gzip with a published index, eStargz) and ``grep -r`` over the whole
+image, ocifs against a full pull + unpack and against ratarmount; run once straight to
+the loopback registry and once through the WAN-like proxy. Alternatives are timed in
+turn with ocifs, run by run."""
 
 from __future__ import annotations
 
@@ -10,31 +11,38 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bench_lib.context import Bench, Timer, grep_r, read_all
+from bench_lib.context import Bench, Timer, grep_r, read_all, run
 from bench_lib.image import GREP_PATTERN, SMALL_FILE
 from bench_lib.rows import Figure, Row, Target, pairwise
-from bench_lib.services import Proxy
+from bench_lib.services import Meter
 
-__all__ = ["FORMATS", "Endpoint", "Peaks", "cold_rows"]
+__all__ = ["FORMATS", "Endpoint", "Peaks", "cold_rows", "prepare_variants"]
 
-# Layer formats the cold measures run for; eStargz rows print "n/a" until ocifs
-# converts images (then build an eStargz copy of the image and set it True).
-FORMATS: dict[str, bool] = {"gzip": True, "estargz": False}
-ESTARGZ_NA = "n/a (eStargz not yet supported)"
+# Image variants the one-file measures run for, besides plain gzip: "published", the
+# same image in its own repository with `ocifs index build --push` done once (so
+# the referrers of the plain repository stay empty); "estargz", `ocifs convert`
+# of it into the ESTARGZ_TAG of the plain repository.
+FORMATS: dict[str, bool] = {"gzip": True, "published": True, "estargz": True}
+REPO = "bench/debian"
+PUBLISHED_REPO = "bench/debian-indexed"
+ESTARGZ_TAG = "esgz"
+ESTARGZ_NA = "n/a (eStargz not measured: FORMATS)"
+ESTARGZ_GREP_NA = "not measured (eStargz: one-file and bytes rows only)"
 ONE_FILE_TARGET = Target("<=", 0.05)
 GREP_TARGET = Target("<=", 0.5)
 
 
 @dataclass
 class Endpoint:
-    """Where the cold runs fetch from: ``host`` (registry or proxy), the proxy if any."""
+    """Where the cold runs fetch from: ``host`` (registry or proxy) and what counts the
+    bytes it serves (the registry's log, or the proxy's)."""
 
     label: str
     host: str
-    proxy: Proxy | None = None
+    meter: Meter | None = None
 
-    def ref(self, tag: str = "full") -> str:
-        return f"{self.host}/bench/debian:{tag}"
+    def ref(self, tag: str = "full", repo: str = REPO) -> str:
+        return f"{self.host}/{repo}:{tag}"
 
 
 @dataclass
@@ -45,18 +53,41 @@ class Peaks:
     ratarmount: list[float] = field(default_factory=list)
 
 
-def _ocifs_cat(b: Bench, ep: Endpoint, seeded: bool) -> tuple[float, int]:
-    """Mount with an empty (or index-only) cache and read one small file: seconds and
-    bytes the proxy served (0 straight to the registry)."""
+def prepare_variants(b: Bench, host: str) -> None:
+    """On the registry ``host``: the published-index copy and the eStargz tag of the
+    plain image (per FORMATS), each made once; their durations go into the notes."""
+    if FORMATS["published"]:
+        src, dst = f"{host}/{REPO}:full", f"{host}/{PUBLISHED_REPO}:full"
+        skopeo = ["skopeo", "--policy", b.policy, "copy", "--quiet", "--preserve-digests"]
+        tls = ["--src-tls-verify=false", "--dest-tls-verify=false"]
+        run(*skopeo, *tls, f"docker://{src}", f"docker://{dst}")
+        b.say(f"publishing gzip indexes: ocifs index build {dst} --push")
+        cache = b.ocifs_cache("cache-publish", False)
+        with Timer() as t:
+            run(b.ocifs, "index", "build", "--cache-dir", str(cache), dst, "--push")
+        b.notes.append(f"`ocifs index build --push` (once, loopback): {t.seconds:.1f} s")
+    if FORMATS["estargz"]:
+        dst = f"{host}/{REPO}:{ESTARGZ_TAG}"
+        b.say(f"converting: ocifs convert {host}/{REPO}:full {dst}")
+        cache = b.ocifs_cache("cache-convert", False)
+        with Timer() as t:
+            run(b.ocifs, "convert", "-q", "--cache-dir", str(cache), f"{host}/{REPO}:full", dst)
+        b.notes.append(f"`ocifs convert` to eStargz (once, loopback): {t.seconds:.1f} s")
+
+
+def _ocifs_cat(b: Bench, ep: Endpoint, ref: str, seeded: bool = False) -> tuple[float, int]:
+    """Mount ``ref`` with an empty (or index-only) cache and read one small file:
+    seconds and bytes the endpoint served. The first plain run's cache, chunks left
+    out, seeds the index-only runs."""
     cache = b.ocifs_cache("cache-cold", seeded)
     mnt = b.fresh("mnt-cold")
-    mark = ep.proxy.mark() if ep.proxy else 0
+    mark = ep.meter.mark() if ep.meter else 0
     b.cold()
-    with Timer() as t, b.ocifs_mount(ep.ref(), cache, mnt, "cold-cat") as mp:
+    with Timer() as t, b.ocifs_mount(ref, cache, mnt, "cold-cat") as mp:
         mp.wait()
         read_all(mnt / SMALL_FILE)
-    fetched = ep.proxy.bytes_since(mark)[1] if ep.proxy else 0
-    if b.index_seed is None:
+    fetched = ep.meter.bytes_since(mark)[1] if ep.meter else 0
+    if b.index_seed is None and ref == ep.ref():
         b.seed_indexes(cache)
     return t.seconds, fetched
 
@@ -64,13 +95,13 @@ def _ocifs_cat(b: Bench, ep: Endpoint, seeded: bool) -> tuple[float, int]:
 def _pull_cat(b: Bench, ep: Endpoint) -> tuple[float, int]:
     layout, rootfs = b.fresh("pull"), b.work / "pull-rootfs"
     shutil.rmtree(rootfs, ignore_errors=True)
-    mark = ep.proxy.mark() if ep.proxy else 0
+    mark = ep.meter.mark() if ep.meter else 0
     b.cold()
     with Timer() as t:
         b.pull(ep.ref(), layout)
         b.unpack(layout, rootfs)
         read_all(rootfs / SMALL_FILE)
-    fetched = ep.proxy.bytes_since(mark)[1] if ep.proxy else 0
+    fetched = ep.meter.bytes_since(mark)[1] if ep.meter else 0
     shutil.rmtree(rootfs)
     return t.seconds, fetched
 
@@ -157,63 +188,56 @@ def cold_rows(b: Bench, ep: Endpoint, peaks: Peaks) -> list[Row]:
     b.index_seed = None
     pull = "skopeo copy + umoci raw unpack + cat"
     rows: list[Row] = []
-    res = _series(
-        b,
-        {
-            "ocifs": lambda: _ocifs_cat(b, ep, False),
-            "ocifs-indexed": lambda: _ocifs_cat(b, ep, True),
-            "pull": lambda: _pull_cat(b, ep),
-        },
-        f"{section}: one file",
-    )
+    # (step, what the mount starts from, target of the bytes ratio)
+    cases: list[tuple[str, str, Target | None]] = [
+        ("ocifs", "gzip, empty cache: index built by streaming", None),
+        ("ocifs-indexed", "gzip, seek indexes cached", None),
+    ]
+    steps: dict[str, Step] = {
+        "ocifs": lambda: _ocifs_cat(b, ep, ep.ref()),
+        "ocifs-indexed": lambda: _ocifs_cat(b, ep, ep.ref(), seeded=True),
+    }
+    if FORMATS["published"]:
+        cases.append(("ocifs-published", "gzip, published index, empty cache", None))
+        steps["ocifs-published"] = lambda: _ocifs_cat(b, ep, ep.ref(repo=PUBLISHED_REPO))
+    if FORMATS["estargz"]:
+        cases.append(("ocifs-estargz", "eStargz, empty cache", Target("<=", 0.01)))
+        steps["ocifs-estargz"] = lambda: _ocifs_cat(b, ep, ep.ref(ESTARGZ_TAG))
+    steps["pull"] = lambda: _pull_cat(b, ep)
+    res = _series(b, steps, f"{section}: one file")
     secs = {name: [r[0] for r in results] for name, results in res.items()}
-    rows.append(
-        _row(
-            section,
-            "one small file: mount + cat (empty cache)",
-            pull,
-            secs["ocifs"],
-            secs["pull"],
-            ONE_FILE_TARGET,
-        )
-    )
-    rows.append(
-        _row(
-            section,
-            "one small file: mount + cat (gzip indexes cached)",
-            pull,
-            secs["ocifs-indexed"],
-            secs["pull"],
-            ONE_FILE_TARGET,
-        )
-    )
-    rows.append(_na(section, "one small file, eStargz", pull))
-    if ep.proxy is not None:
-        image_bytes = [float(r[1]) for r in res["pull"]]
-        for name, label in (("ocifs", "empty cache"), ("ocifs-indexed", "gzip index cached")):
+    measure = "first mount + one small file"
+    for name, label, _ in cases:
+        row = _row(section, f"{measure} ({label})", pull, secs[name], secs["pull"], ONE_FILE_TARGET)
+        rows.append(row)
+    if not FORMATS["estargz"]:
+        rows.append(_na(section, f"{measure} (eStargz)", pull))
+    if ep.meter is not None:
+        whole = Figure([float(r[1]) for r in res["pull"]], "bytes")
+        for name, label, target in cases:
             got = Figure([float(r[1]) for r in res[name]], "bytes")
-            whole = Figure(image_bytes, "bytes")
+            row = Row(
+                f"bytes, {ep.label}",
+                f"fetched for {measure} ({label})",
+                "full pull of the gzip image (skopeo copy)",
+                got,
+                whole,
+                pairwise(got, whole),
+                target,
+            )
+            rows.append(row)
+        if not FORMATS["estargz"]:
             rows.append(
                 Row(
                     f"bytes, {ep.label}",
-                    f"fetched for one small file ({label})",
+                    f"fetched for {measure} (eStargz)",
                     "full pull (skopeo copy)",
-                    got,
-                    whole,
-                    pairwise(got, whole),
+                    skipped=ESTARGZ_NA,
+                    target=Target("<=", 0.01),
                 )
             )
-        rows.append(
-            Row(
-                f"bytes, {ep.label}",
-                "fetched for one small file (eStargz)",
-                "full pull (skopeo copy)",
-                skipped=ESTARGZ_NA,
-                target=Target("<=", 0.01),
-            )
-        )
 
-    steps: dict[str, Step] = {
+    steps = {
         "ocifs-mounted": lambda: _ocifs_grep_mounted(b, ep, peaks),
         "pull": lambda: _pull_grep(b, ep),
         "ratarmount": lambda: _ratarmount_grep(b, ep, peaks),
@@ -257,7 +281,7 @@ def cold_rows(b: Bench, ep: Endpoint, peaks: Peaks) -> list[Row]:
         rows.append(
             Row(section, "ocifs grep -r", pull_grep, skipped="n/a (no `ocifs grep` command yet)")
         )
-    rows.append(_na(section, f"{g}, eStargz", pull_grep))
+    rows.append(Row(section, f"{g}, eStargz", pull_grep, skipped=ESTARGZ_GREP_NA))
     if len({tuple(h) for h in hits.values()}) != 1:
         first_grep = next(r for r in rows if r.measure.startswith(g))
         first_grep.notes.append(f"matching lines differ between tools: {hits}")

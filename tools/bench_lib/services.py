@@ -15,8 +15,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 __all__ = [
+    "Meter",
     "MountProc",
     "Proxy",
     "Registry",
@@ -36,6 +38,21 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class Meter(Protocol):
+    """Counts what a server sent: :class:`Registry` (its log) or :class:`Proxy`."""
+
+    def mark(self) -> int: ...
+
+    def bytes_since(self, mark: int) -> tuple[int, int]: ...
+
+
+def _log_mark(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -66,7 +83,7 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
 
 class Registry:
     """Debian's ``docker-registry`` on a free loopback port, storage under ``root``;
-    its access log (JSON) is parsed by :meth:`bytes_served`."""
+    its JSON log ("response completed" lines) is counted by :meth:`bytes_since`."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -89,6 +106,24 @@ class Registry:
                 stdin=subprocess.DEVNULL,
             )
         _wait_http(f"http://{self.host}/v2/", self.proc, "docker-registry")
+
+    def mark(self) -> int:
+        """A position in the registry's log; pass it to :meth:`bytes_since`."""
+        return _log_mark(self.log_path)
+
+    def bytes_since(self, mark: int) -> tuple[int, int]:
+        """(responses, body bytes) the registry wrote since ``mark``."""
+        time.sleep(0.2)  # the registry logs once the handler returns
+        requests = written = 0
+        with self.log_path.open("rb") as fh:
+            fh.seek(mark)
+            for line in fh:
+                if b"http.response.written" not in line:
+                    continue
+                with contextlib.suppress(ValueError):
+                    written += int(json.loads(line)["http.response.written"])
+                    requests += 1
+        return requests, written
 
     def close(self) -> None:
         """Stop the registry."""
@@ -125,10 +160,7 @@ class Proxy:
 
     def mark(self) -> int:
         """A position in the proxy's log; pass it to :meth:`bytes_since`."""
-        try:
-            return self.log_path.stat().st_size
-        except FileNotFoundError:
-            return 0
+        return _log_mark(self.log_path)
 
     def bytes_since(self, mark: int) -> tuple[int, int]:
         """(requests, body bytes) served since ``mark``."""
