@@ -80,7 +80,9 @@ def add_image_options(p: argparse.ArgumentParser, *, short_verbose: bool = True)
     """The options of every command that reads an image (``grep`` keeps ``-v`` for itself)."""
     verbose = ("-v", "--verbose") if short_verbose else ("--verbose",)
     p.add_argument(*verbose, action="count", default=0, help="more logging (-vv)")
-    p.add_argument("--insecure", action="store_true", help="allow plain HTTP / no TLS check")
+    p.add_argument(
+        "--insecure", action="store_true", help="use plain HTTP (no TLS) for the registry"
+    )
     p.add_argument(
         "--tls-verify",
         type=_boolean,

@@ -8,6 +8,7 @@ Messages follow the coreutils/grep tools they mirror, with ``ocifs: CMD:`` in fr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import errno
 import json
@@ -206,21 +207,32 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.output == "-" and sys.stdout.isatty():
         raise OcifsError("export: refusing to write a tar stream to a terminal (use -o FILE)")
 
+    def failed(exc: OSError) -> OcifsError:
+        return OcifsError(f"export: {args.output}: {exc.strerror or exc}")
+
+    raw: BinaryIO = sys.stdout.buffer
+    if args.output != "-":
+        # Opened before the image: a bad output path fails at once, with no request.
+        try:
+            raw = open(args.output, "wb")  # noqa: SIM115 - closed after the export
+        except OSError as exc:
+            raise failed(exc) from None
+
     async def body(image: Image) -> int:
-        if args.output == "-":
-            raw: BinaryIO = sys.stdout.buffer
-        else:
-            raw = await trio.to_thread.run_sync(open, args.output, "wb")
         out = Output(raw)
         try:
             await export_tar(image, out.write)
             await out.flush()
-        finally:
-            if raw is not sys.stdout.buffer:
-                await trio.to_thread.run_sync(raw.close)
+        except OSError as exc:
+            raise failed(exc) from None
         return 0
 
-    return run_on_image(args, body)
+    try:
+        return run_on_image(args, body)
+    finally:
+        if raw is not sys.stdout.buffer:
+            with contextlib.suppress(OSError):
+                raw.close()
 
 
 # ---- registration
