@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+from faultproxy import FaultProxy, blobs
 from image_catalog import SAMPLE_WORD
 from image_fixtures import BuiltImage
 from mounting import is_mounted, mounted, ocifs
+from registry_fixtures import Registry
 from treecompare import assert_same_tree, snapshot
 
 
@@ -91,3 +93,57 @@ def test_read_only(sample_image: BuiltImage, tmp_path: Path) -> None:
         with pytest.raises(OSError):
             (mnt / "new-file").write_bytes(b"x")
         assert os.statvfs(mnt).f_files > 0
+
+
+def test_daemon_gives_up_when_its_starter_dies(
+    sample_image: BuiltImage, registry: Registry, tmp_path: Path
+) -> None:
+    """A daemon still opening the image when the `ocifs mount` that started it is killed
+    (a timeout, Ctrl-C) stops instead of working on for nobody. The layer streams hang
+    behind a fault proxy (nothing real hangs on cue)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with FaultProxy(registry.url) as proxy:
+        proxy.set("hang", match=blobs, seconds=120)
+        ref = f"{proxy.host}/{sample_image.repo}:{sample_image.tag}"
+        starter = subprocess.Popen(
+            [sys.executable, "-m", "ocifs", "mount", ref, str(mnt),
+             "--cache-dir", str(tmp_path / "cache")],
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        daemon = None
+        for _ in range(100):
+            found = [
+                int(p.name)
+                for p in Path("/proc").iterdir()
+                if p.name.isdigit() and _ppid(p) == starter.pid
+            ]
+            if found:
+                daemon = found[0]
+                break
+            time.sleep(0.1)
+        assert daemon is not None, "no daemon was forked"
+        starter.kill()
+        starter.wait()
+        for _ in range(100):
+            if not Path(f"/proc/{daemon}").exists() or _state(daemon) == "Z":
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the daemon kept running after its starter died")
+        proxy.clear()
+    assert not is_mounted(mnt)
+
+
+def _ppid(proc: Path) -> int:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"

@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -28,6 +29,8 @@ from ocifs.sources import check_reference, open_source
 from ocifs.status import status_file_for
 
 __all__ = ["register"]
+
+STARTER_POLL_S = 0.5
 
 log = logging.getLogger("ocifs")
 
@@ -50,10 +53,23 @@ def _cmd_mount(args: argparse.Namespace) -> int:
         allow_other=args.allow_other,
     )
 
-    def serve(ready: object) -> None:
+    starter = os.getpid()
+
+    def serve(ready: Callable[[str], None]) -> None:
         async def run() -> None:
             source = open_source(args.ref, source_opts)
-            await run_mount(source, opts, ready)  # type: ignore[arg-type]
+            mounted = False
+
+            def on_ready(fsname: str) -> None:
+                nonlocal mounted
+                mounted = True
+                ready(fsname)
+
+            async with trio.open_nursery() as nursery:
+                if os.getpid() != starter:
+                    nursery.start_soon(_give_up_without_starter, starter, lambda: mounted)
+                await run_mount(source, opts, on_ready)
+                nursery.cancel_scope.cancel()
 
         trio.run(run)
 
@@ -62,6 +78,16 @@ def _cmd_mount(args: argparse.Namespace) -> int:
         serve(lambda fsname: print(f"mounted {fsname} at {mountpoint}", file=sys.stderr))
         return 0
     return _daemonize(args, mountpoint, serve)
+
+
+async def _give_up_without_starter(starter: int, mounted: Callable[[], bool]) -> None:
+    """A daemon whose ``ocifs mount`` died before the tree was ready (killed, timed
+    out) has nobody to report to: stop instead of working on for nothing."""
+    while not mounted():
+        if os.getppid() != starter:
+            log.error("the ocifs mount that started this daemon is gone; giving up")
+            raise OcifsError("the ocifs mount that started the daemon is gone")
+        await trio.sleep(STARTER_POLL_S)
 
 
 class _EarlyWarnings(logging.Handler):
@@ -81,7 +107,9 @@ def _default_log_file(mountpoint: Path) -> Path:
     return state_dir() / f"mount-{mountpoint.name or 'root'}-{tag}.log"
 
 
-def _daemonize(args: argparse.Namespace, mountpoint: Path, serve: object) -> int:
+def _daemonize(
+    args: argparse.Namespace, mountpoint: Path, serve: Callable[[Callable[[str], None]], None]
+) -> int:
     """Fork a daemon that mounts; return once it says the tree is ready (or why not).
 
     The credentials stay in memory across the fork: never on a command line.
@@ -125,7 +153,7 @@ def _daemonize(args: argparse.Namespace, mountpoint: Path, serve: object) -> int
             os.write(write_fd, report.encode())
             os.close(write_fd)
 
-        serve(ready)  # type: ignore[operator]
+        serve(ready)
         status = 0
     except BaseException as exc:  # the daemon must report every failure, then exit
         log.error("%s", describe_error(exc))
